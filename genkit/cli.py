@@ -1,0 +1,95 @@
+"""`genkit` command line: train, reconstruct (and the commands of each family)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, TrainConfig
+from .data import DataSourceError
+
+USER_ERRORS = (ConfigError, DataSourceError, CheckpointError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(prog="genkit", description="Train, evaluate and sample image generative models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", required=True, help="YAML/JSON config file (see training/configs/)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. data.subset=1000 max_steps=200")
+    p.add_argument("--output-dir", help="run directory (overrides output_dir)")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
+    p.add_argument("--overwrite", action="store_true", help="train into an output_dir that already holds a run")
+
+    p = sub.add_parser("reconstruct", help="reconstruct test images with a trained autoencoder; print the test MSE")
+    p.add_argument("run", help="run directory or Hub repo id")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
+    p.add_argument("--out", default=None, help="grid PNG to write (default: RUN/reconstructions.png)")
+    p.add_argument("--device", default="cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `genkit` command."""
+    args = build_parser().parse_args(argv)
+    from .engine import RunDirError, TrainingDiverged
+
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "reconstruct":
+            return _reconstruct(args)
+    except (*USER_ERRORS, RunDirError, TrainingDiverged) as err:
+        print(f"genkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    config = TrainConfig.load(args.config).with_overrides(args.overrides)
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_split, make_batch
+    from .plots import save_grid
+    from .runs import load_family
+
+    family = load_family(args.run, args.device)
+    model = family.models["model"]
+    if not hasattr(model, "reconstruct"):
+        raise ConfigError(f"{args.run} is a {family.config.family} run; reconstruct needs an autoencoder-like model")
+    data_cfg = family.config.data
+    if args.data_dir:
+        data_cfg.data_dir = args.data_dir
+    data = load_split(data_cfg, args.split or data_cfg.eval_split or data_cfg.split).to(args.device)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for idx in torch.arange(len(data)).split(1000):
+            batch = make_batch(data, idx, data_cfg, torch.Generator(args.device).manual_seed(0))
+            recon = model.reconstruct(batch["input"]).float()
+            total += torch.nn.functional.mse_loss(recon, batch["image"], reduction="sum").item() / recon[0].numel()
+            count += len(idx)
+    first = make_batch(data, torch.arange(min(8, len(data))), data_cfg, torch.Generator(args.device).manual_seed(0))
+    out = Path(args.out or Path(family.config.output_dir if not Path(args.run).exists() else args.run) / "reconstructions.png")
+    save_grid(torch.cat([first["input"], model.reconstruct(first["input"]).float()]), out, nrow=len(first["input"]))
+    print(json.dumps({"split": args.split or data_cfg.eval_split, "images": count, "mse": total / count, "grid": str(out)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

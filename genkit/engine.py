@@ -1,0 +1,319 @@
+"""The one training loop, on Accelerate, shared by every family. Read it top to bottom: `train` is the whole story."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import ConfigError, TrainConfig
+from .data import ShardedBatches, load_train_eval, make_batch
+from .families import DataInfo, Family, get_family
+from .families.base import unwrap
+from .plots import save_grid, save_loss_curve
+
+logger = logging.getLogger(__name__)
+
+# keys that may change between a run and its resumption
+RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_every", "sample_every", "checkpoint_every", "keep_last",
+                     "early_stopping_patience", "push_to_hub", "hub_model_id", "hub_private", "log_with", "output_dir"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used as asked (it holds another run, or the resume does not match)."""
+
+
+def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
+    config.validate()
+    family_cls = get_family(config.family)
+    family_cls.check_config(config)
+    run_dir = Path(config.output_dir)
+    _check_run_dir(run_dir, config, resume, overwrite)
+
+    log_with = None if config.log_with in (None, "none") else config.log_with
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=log_with,
+                              project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")))
+    set_seed(config.seed)  # the same on every process, so replicas start identical
+
+    # ---- data: decoded once into memory, on the accelerator's device -------------------------------------
+    with accelerator.main_process_first():
+        train_data, eval_data = load_train_eval(config.data, config.seed)
+    train_data, eval_data = train_data.to(accelerator.device), eval_data.to(accelerator.device)
+    info = DataInfo(config.data.channels, config.data.image_size, train_data.class_names, config.data.value_range)
+    batches = ShardedBatches(len(train_data), config.batch_size, config.seed, accelerator.num_processes, accelerator.process_index)
+    accum = config.gradient_accumulation_steps
+    steps_per_epoch = max(1, batches.per_epoch // accum)
+    max_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    eval_every = config.eval_every or steps_per_epoch
+    sample_every = config.sample_every or eval_every
+    checkpoint_every = config.checkpoint_every or steps_per_epoch
+
+    # ---- models, optional fine-tuning start, optimizers, schedules, EMA ----------------------------------
+    family = family_cls(config, info)
+    if config.init_from:
+        family.models = _init_from(family_cls, config.init_from)
+        if config.trainable_layers:
+            for part in family.parts:
+                freeze_all_but_last(family.models[part], config.trainable_layers)
+    optimizers = {part: _make_optimizer(config, family.models[part]) for part in family.parts}
+    schedulers = {part: get_scheduler(config.lr_scheduler, opt, num_warmup_steps=config.warmup_steps, num_training_steps=max_steps)
+                  for part, opt in optimizers.items()}
+    for part in family.parts:
+        family.models[part], optimizers[part] = accelerator.prepare(family.models[part], optimizers[part])
+    ema = None
+    if config.ema_decay:
+        ema = EMAModel(unwrap(family.models[family.ema_part]).parameters(), decay=config.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    for scheduler in schedulers.values():  # stepped by us once per optimizer step, so not `prepare`d
+        accelerator.register_for_checkpointing(scheduler)
+
+    # ---- resume -----------------------------------------------------------------------------------------
+    state = {"step": 0, "history": [], "best": None, "evals_without_improvement": 0, "images_seen": 0, "train_seconds": 0.0}
+    if resume:
+        path = ckpt.resolve_resume(run_dir, resume)
+        accelerator.load_state(str(path))
+        state = ckpt.read_state(path)
+        accelerator.print(f"resumed from {path} at step {state['step']}")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "training_config.json")
+        info.save(run_dir)
+    if log_with:
+        accelerator.init_trackers("genkit", config={k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
+
+    eval_batches = _eval_batches(eval_data, config)
+    sample_generator = torch.Generator(device="cpu")
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    progress = tqdm(total=max_steps, initial=state["step"], disable=not (config.progress_bar and accelerator.is_local_main_process), desc=f"{config.family}")
+    running: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
+    since_log = 0
+    started, stop_reason = time.perf_counter(), "max_steps"
+    for model in family.models.values():
+        model.train()
+    while state["step"] < max_steps:
+        step = state["step"]
+        for part in family.parts:
+            model, optimizer = family.models[part], optimizers[part]
+            for micro in range(accum):
+                batch = make_batch(train_data, batches(step * accum + micro), config.data)
+                sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    loss, logs = family.loss(part, batch)
+                    accelerator.backward(loss / accum)
+                for key, value in {"loss": loss, **logs}.items():
+                    name = key if len(family.parts) == 1 else f"{part}_{key}"
+                    running[name] = running.get(name, 0) + value.detach().float() / accum
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow steps leave the schedule alone
+                schedulers[part].step()
+            optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(unwrap(family.models[family.ema_part]).parameters())
+        state["step"] = step = step + 1
+        since_log += 1
+        state["images_seen"] += config.batch_size * accum * accelerator.num_processes
+        progress.update(1)
+
+        at_log, at_eval, at_ckpt = step % config.log_every == 0, step % eval_every == 0, step % checkpoint_every == 0
+        at_end = step == max_steps
+        if at_log or at_eval or at_ckpt or at_end:  # never let a non-finite loss reach a metric or a checkpoint
+            row = {k: v.item() / since_log for k, v in running.items()}
+            _check_finite(row, step, config)
+        if at_log or at_end:
+            row.update(step=step, lr=schedulers[family.parts[0]].get_last_lr()[0])
+            state["history"].append(row)
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+            progress.set_postfix({k: f"{v:.4g}" for k, v in row.items() if "loss" in k})
+            running, since_log = {}, 0
+        if at_eval or at_end:
+            with ema_weights(ema, family):
+                metrics = evaluate(family, eval_batches)
+                if accelerator.is_main_process and (step % sample_every == 0 or at_end):
+                    sample_generator.manual_seed(config.seed)
+                    images, nrow = family.sample_grid(eval_batches[0], sample_generator)
+                    save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow)
+                    save_grid(images, run_dir / "samples.png", nrow)
+            state["history"].append({"step": step, **metrics})
+            accelerator.log(metrics, step=step)
+            if _early_stop(state, metrics, config):
+                stop_reason = f"early stopping: no {config.early_stopping_metric} improvement in {config.early_stopping_patience} evaluations"
+        state["train_seconds"] += time.perf_counter() - started
+        started = time.perf_counter()
+        if at_ckpt or at_end or stop_reason != "max_steps":
+            save_checkpoint(accelerator, run_dir, state, config.keep_last)
+            started = time.perf_counter()
+        if stop_reason != "max_steps":
+            accelerator.print(stop_reason)
+            break
+    progress.close()
+
+    # ---- export -------------------------------------------------------------------------------------------
+    summary = {"step": state["step"], "stop_reason": stop_reason, "train_seconds": round(state["train_seconds"], 2),
+               "images_per_second": round(state["images_seen"] / max(state["train_seconds"], 1e-9), 1),
+               "num_processes": accelerator.num_processes, "best": state["best"],
+               **{k: v for row in state["history"] for k, v in row.items() if k.startswith("eval_")}}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with ema_weights(ema, family):
+            family.save(run_dir)
+        (run_dir / "metrics.json").write_text(json.dumps({"final": summary, "history": state["history"]}, indent=2) + "\n")
+        save_loss_curve(state["history"], run_dir / "loss_curve.png")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if config.push_to_hub and accelerator.is_main_process:
+        from .hub import push_run
+
+        push_run(run_dir, config.hub_model_id, private=config.hub_private)
+    return summary
+
+
+# ---- pieces of the loop ---------------------------------------------------------------------------------
+
+
+def evaluate(family: Family, eval_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean of the family's metrics over the fixed evaluation batches (models in eval mode, then back)."""
+    for model in family.models.values():
+        model.eval()
+    totals: dict[str, float] = {}
+    for batch in eval_batches:
+        for key, value in family.evaluate(batch).items():
+            totals[key] = totals.get(key, 0.0) + value / len(eval_batches)
+    for model in family.models.values():
+        model.train()
+    return totals
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel | None, family: Family) -> Iterator[None]:
+    """Swap the EMA weights into the EMA part for the duration of the block."""
+    if ema is None:
+        yield
+        return
+    params = list(unwrap(family.models[family.ema_part]).parameters())
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict[str, Any], keep_last: int) -> None:
+    """All processes write into a temp folder; the main one renames it into place once everyone is done."""
+    tmp = ckpt.temp_dir(run_dir, state["step"])
+    if accelerator.is_main_process:
+        ckpt.clear(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.finalize(tmp, run_dir, state["step"], state, keep_last)
+    accelerator.wait_for_everyone()
+
+
+def freeze_all_but_last(model: nn.Module, n: int) -> list[str]:
+    """Freeze every parameter except those of the last `n` layers (modules that own parameters); return their names."""
+    layers = [(name, m) for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    if n > len(layers):
+        raise ConfigError(f"trainable_layers={n} but the model has only {len(layers)} layers with parameters")
+    model.requires_grad_(False)
+    for _, layer in layers[-n:]:
+        layer.requires_grad_(True)
+    return [name for name, _ in layers[-n:]]
+
+
+def _init_from(family_cls: type[Family], source: str) -> dict[str, nn.Module]:
+    path = Path(source)
+    try:
+        return family_cls.load_models(path if path.exists() else source)
+    except Exception as err:
+        raise ConfigError(f"init_from={source!r}: cannot load {family_cls.name} weights from it ({type(err).__name__}: {err})") from None
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters (check trainable_layers)")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.betas[0], weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay)
+
+
+def _eval_batches(eval_data, config: TrainConfig) -> list[dict[str, torch.Tensor]]:
+    """Fixed evaluation batches (corruption drawn once from a seeded generator), the same at every evaluation."""
+    generator = torch.Generator(device=eval_data.images.device).manual_seed(config.seed + 1)
+    n = min(len(eval_data), config.eval_batches * config.batch_size)
+    idx = torch.arange(n, device=eval_data.images.device)
+    return [make_batch(eval_data, chunk, config.data, generator) for chunk in idx.split(config.batch_size)]
+
+
+def _check_finite(row: dict[str, float], step: int, config: TrainConfig) -> None:
+    bad = [k for k, v in row.items() if not math.isfinite(v)]
+    if bad:
+        raise TrainingDiverged(
+            f"{', '.join(bad)} became {row[bad[0]]} by step {step}. The run is stopped; checkpoints already saved are intact "
+            f"(resume with --resume latest after changing the config). Try a lower learning_rate (now {config.learning_rate}), "
+            f"max_grad_norm: 1.0, or mixed_precision: bf16 instead of fp16.")
+
+
+def _early_stop(state: dict[str, Any], metrics: dict[str, float], config: TrainConfig) -> bool:
+    value = metrics.get(config.early_stopping_metric)
+    if value is None:
+        if config.early_stopping_patience:
+            raise ConfigError(f"early_stopping_metric {config.early_stopping_metric!r} is not computed; available: {sorted(metrics)}")
+        return False
+    better = state["best"] is None or (value < state["best"] if config.early_stopping_mode == "min" else value > state["best"])
+    if better:
+        state["best"], state["evals_without_improvement"] = value, 0
+    else:
+        state["evals_without_improvement"] += 1
+    return bool(config.early_stopping_patience) and state["evals_without_improvement"] >= config.early_stopping_patience
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig, resume: str | None, overwrite: bool) -> None:
+    saved = run_dir / "training_config.json"
+    if resume:
+        if not saved.is_file():
+            raise RunDirError(f"--resume: {run_dir} holds no run to resume (no training_config.json)")
+        before = _flat(TrainConfig.load(saved).to_dict())
+        now = _flat(config.to_dict())
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
+        if changed:
+            raise RunDirError(f"--resume: the config differs from the saved run in {', '.join(changed)}; "
+                              f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change when resuming")
+    elif saved.is_file() and not overwrite:
+        raise RunDirError(f"{run_dir} already holds a run. Use --resume latest to continue it, another output_dir, "
+                          "or --overwrite to train over it (its checkpoints are replaced as new ones are written)")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "model":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,114 @@
+"""What a model family gives the training engine: its modules, its loss step and its sampler. Nothing else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+
+from ..config import ConfigError, TrainConfig
+
+
+@dataclass
+class DataInfo:
+    """The facts about the data that a family needs to build its models."""
+
+    channels: int
+    image_size: int
+    class_names: list[str]
+    value_range: str = "0,1"
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in the label column."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def save(self, directory: str | Path) -> None:
+        """Write `data_info.json`."""
+        (Path(directory) / "data_info.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "DataInfo":
+        """Read `data_info.json`."""
+        return cls(**json.loads((Path(directory) / "data_info.json").read_text()))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / compile wrappers."""
+    return extract_model_from_parallel(model)
+
+
+class Family:
+    """Base class: subclasses set `name` and `model_classes`, and implement `build` and `loss`."""
+
+    name: ClassVar[str]
+    model_classes: ClassVar[dict[str, type]]  # part -> module class (each has save/from_pretrained)
+    parts: ClassVar[tuple[str, ...]] = ("model",)  # one optimizer per part, stepped in this order
+    ema_part: ClassVar[str] = "model"  # the part whose EMA is used for sampling and saved at the end
+    metric_for_eval: ClassVar[str] = "eval_loss"
+
+    def __init__(self, config: TrainConfig, info: DataInfo, models: dict[str, nn.Module] | None = None):
+        self.config, self.info = config, info
+        self.check_config(config)
+        self.models = models if models is not None else self.build()
+
+    # ---- what each family must provide ---------------------------------------------------------------
+    def build(self) -> dict[str, nn.Module]:
+        """Fresh modules, one per part."""
+        raise NotImplementedError
+
+    def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise for `part` on a batch, and extra values to log."""
+        raise NotImplementedError
+
+    # ---- sensible defaults, overridden where a family differs -----------------------------------------
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """Reject model options this family does not know, before any data is loaded."""
+        known = cls.model_options()
+        unknown = sorted(set(config.model) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown model option(s) for family {cls.name!r}: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+
+    @classmethod
+    def model_options(cls) -> dict[str, Any]:
+        """The keys accepted under `model:` with their defaults."""
+        return {}
+
+    def option(self, key: str) -> Any:
+        """A model option from the config, or its default."""
+        return self.config.model.get(key, self.model_options()[key])
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Validation metrics on one batch (default: the first part's loss)."""
+        loss, logs = self.loss(self.parts[0], batch)
+        return {"eval_loss": loss.item(), **{f"eval_{k}": float(v) for k, v in logs.items()}}
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Images in [0, 1] for the progress grid, and the number per row."""
+        raise NotImplementedError
+
+    def save(self, directory: str | Path) -> None:
+        """Export the trained models (weights as safetensors plus their config) into `directory`."""
+        directory = Path(directory)
+        for part, model in self.models.items():
+            unwrap(model).save_pretrained(directory if len(self.models) == 1 else directory / part)
+
+    @classmethod
+    def load_models(cls, directory: str | Path) -> dict[str, nn.Module]:
+        """Read back what `save` wrote."""
+        directory = Path(directory)
+        single = len(cls.model_classes) == 1
+        return {part: klass.from_pretrained(str(directory if single else directory / part)) for part, klass in cls.model_classes.items()}
