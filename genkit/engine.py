@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -49,6 +50,8 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     _check_run_dir(run_dir, config, resume, overwrite)
 
     log_with = None if config.log_with in (None, "none") else config.log_with
+    # train() may run several times in one process (notebooks, tests) with other precision settings
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=log_with,
                               project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")))
     set_seed(config.seed)  # the same on every process, so replicas start identical

@@ -1,0 +1,79 @@
+"""Shared fixtures: offline Hub settings, tiny synthetic IDX data, and the real MNIST when ../shared/data has it."""
+
+import gzip
+import os
+from pathlib import Path
+
+# No Hub at test time: make every Hub call fail at once instead of retrying (must precede the HF imports).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = Path(os.environ.get("GENKIT_TEST_MNIST", REPO.parent / "shared" / "data" / "mnist"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an unsigned-byte IDX file (gzipped when the name ends in .gz)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
+
+
+def make_idx_folder(folder: Path, n_train: int = 256, n_test: int = 64, size: int = 28, seed: int = 0) -> Path:
+    """A tiny MNIST-like data set: each class is a bright bar at its own position, plus noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in [("train", n_train), ("t10k", n_test)]:
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, size, size))
+        for i, lab in enumerate(labels):
+            row = 3 + 2 * lab
+            images[i, row : row + 3, 4 : size - 4] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_idx(tmp_path_factory) -> Path:
+    """Folder of synthetic IDX files (256 train / 64 test images, 10 classes)."""
+    return make_idx_folder(tmp_path_factory.mktemp("tiny_idx"))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST IDX folder, or skip."""
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST not found at {SHARED_MNIST}")
+    return SHARED_MNIST
+
+
+def tiny_config(data_dir: Path, output_dir: Path, **overrides):
+    """A small, fast autoencoder config on the synthetic data."""
+    from genkit.config import TrainConfig
+
+    values = {
+        "family": "autoencoder",
+        "model": {"hidden_dims": [32, 8]},
+        "data": {"source": "mnist", "data_dir": str(data_dir)},
+        "output_dir": str(output_dir),
+        "batch_size": 32,
+        "max_steps": 12,
+        "eval_every": 6,
+        "checkpoint_every": 4,
+        "log_every": 2,
+        "eval_batches": 2,
+        "num_samples": 8,
+        "log_with": "none",
+        "progress_bar": False,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return TrainConfig.from_dict(values)
