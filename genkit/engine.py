@@ -110,11 +110,11 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     progress = tqdm(total=max_steps, initial=state["step"], disable=not (config.progress_bar and accelerator.is_local_main_process), desc=f"{config.family}")
     running: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
     since_log = 0
-    started, stop_reason = time.perf_counter(), "max_steps"
+    stop_reason = "max_steps"
     for model in family.models.values():
         model.train()
     while state["step"] < max_steps:
-        step = state["step"]
+        step, step_started = state["step"], time.perf_counter()
         for part in family.parts:
             model, optimizer = family.models[part], optimizers[part]
             for micro in range(accum):
@@ -135,6 +135,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         if ema is not None:
             ema.step(unwrap(family.models[family.ema_part]).parameters())
         state["step"] = step = step + 1
+        state["train_seconds"] += time.perf_counter() - step_started
         since_log += 1
         state["images_seen"] += config.batch_size * accum * accelerator.num_processes
         progress.update(1)
@@ -162,11 +163,8 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             accelerator.log(metrics, step=step)
             if _early_stop(state, metrics, config):
                 stop_reason = f"early stopping: no {config.early_stopping_metric} improvement in {config.early_stopping_patience} evaluations"
-        state["train_seconds"] += time.perf_counter() - started
-        started = time.perf_counter()
         if at_ckpt or at_end or stop_reason != "max_steps":
             save_checkpoint(accelerator, run_dir, state, config.keep_last)
-            started = time.perf_counter()
         if stop_reason != "max_steps":
             accelerator.print(stop_reason)
             break

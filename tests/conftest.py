@@ -72,7 +72,7 @@ def tiny_config(data_dir: Path, output_dir: Path, **overrides):
         "progress_bar": False,
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
+        if key == "data":  # merged; "model" is replaced (its keys depend on the family)
             values[key] = {**values[key], **value}
         else:
             values[key] = value

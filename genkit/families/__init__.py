@@ -9,6 +9,7 @@ from .base import DataInfo, Family
 
 FAMILIES = {
     "autoencoder": "genkit.families.autoencoder:AutoencoderFamily",
+    "diffusion": "genkit.families.diffusion:DiffusionFamily",
 }
 
 

@@ -1,0 +1,170 @@
+"""Denoising diffusion on Diffusers: `UNet2DModel` + `DDPMScheduler` training, any scheduler for sampling.
+
+Unconditional runs are saved as a `DDPMPipeline`, class-conditional ones as a `GenkitDiffusionPipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.training_utils import compute_snr
+
+from ..config import ConfigError, TrainConfig
+from ..pipelines import GenkitDiffusionPipeline
+from ..sampling import SCHEDULERS, make_scheduler, sample
+from .base import Family, unwrap
+
+# channels per resolution level; every preset has 3 levels, so 28x28 (28 -> 14 -> 7) and 32x32 both work
+PRESETS = {
+    "tiny": {"block_out_channels": [16, 32, 32], "layers_per_block": 1, "attention": False},
+    "small": {"block_out_channels": [32, 64, 64], "layers_per_block": 2, "attention": True},
+    "base": {"block_out_channels": [64, 128, 128], "layers_per_block": 2, "attention": True},
+}
+
+
+def build_unet(image_size: int, channels: int, block_out_channels: list[int], layers_per_block: int, attention: bool,
+               num_classes: int | None = None) -> UNet2DModel:
+    """A UNet2DModel whose depth is valid for `image_size`; conditional models get one extra 'null' class embedding."""
+    levels = len(block_out_channels)
+    if image_size % 2 ** (levels - 1):
+        raise ConfigError(f"a UNet with {levels} levels needs image_size divisible by {2 ** (levels - 1)}, got {image_size}; "
+                          f"use 3 levels for 28x28 or set data.image_size=32 (zero padding)")
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if attention:  # self-attention at the lowest resolution only: cheap at 7x7 / 8x8
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels, block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block, down_block_types=tuple(down), up_block_types=tuple(up),
+        norm_num_groups=min(8, block_out_channels[0]), num_class_embeds=None if num_classes is None else num_classes + 1,
+    )
+
+
+class DiffusionFamily(Family):
+    """DDPM training with epsilon / v / sample prediction, min-SNR weighting and label dropout for guidance."""
+
+    name = "diffusion"
+    model_classes = {"unet": UNet2DModel}
+    parts = ("unet",)
+    ema_part = "unet"
+
+    @classmethod
+    def model_options(cls) -> dict[str, Any]:
+        return {
+            "preset": "small", "block_out_channels": None, "layers_per_block": None, "attention": None,
+            "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
+            "class_conditional": False, "label_dropout": 0.1,
+            "sampler": "dpm++", "sample_steps": 25, "guidance_scale": 2.0, "timestep_spacing": None,
+        }
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        super().check_config(config)
+        m = {**cls.model_options(), **config.model}
+        if m["preset"] not in PRESETS:
+            raise ConfigError(f"model.preset must be one of {list(PRESETS)}, got {m['preset']!r}")
+        if m["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
+            raise ConfigError(f"model.prediction_type must be epsilon, v_prediction or sample, got {m['prediction_type']!r}")
+        if m["beta_schedule"] not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+            raise ConfigError(f"model.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2, got {m['beta_schedule']!r}")
+        if m["sampler"] not in SCHEDULERS:
+            raise ConfigError(f"model.sampler must be one of {list(SCHEDULERS)}, got {m['sampler']!r}")
+        if not 0 <= m["label_dropout"] < 1:
+            raise ConfigError(f"model.label_dropout must be in [0, 1), got {m['label_dropout']}")
+        if config.data.value_range != "-1,1":
+            raise ConfigError("diffusion models work on images in [-1, 1]: set data.value_range to '-1,1'")
+        if config.data.corruption:
+            raise ConfigError("diffusion adds its own noise: leave data.corruption unset")
+
+    def __init__(self, config: TrainConfig, info, models=None):
+        super().__init__(config, info, models)
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.option("num_train_timesteps"), beta_schedule=self.option("beta_schedule"),
+                                             prediction_type=self.option("prediction_type"), clip_sample=False)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the UNet takes class labels."""
+        return unwrap(self.models["unet"]).config.num_class_embeds is not None
+
+    @property
+    def null_label(self) -> int | None:
+        """The 'no class' label (last embedding), or None for unconditional models."""
+        n = unwrap(self.models["unet"]).config.num_class_embeds
+        return None if n is None else n - 1
+
+    def build(self) -> dict[str, torch.nn.Module]:
+        arch = {**PRESETS[self.option("preset")], **{k: self.config.model[k] for k in ["block_out_channels", "layers_per_block", "attention"] if self.config.model.get(k) is not None}}
+        classes = self.info.num_classes if self.option("class_conditional") else None
+        return {"unet": build_unet(self.info.image_size, self.info.channels, num_classes=classes, **arch)}
+
+    def loss(self, part: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x0 = batch["image"]
+        n = len(x0)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator, device=x0.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        labels = None
+        if self.conditional:
+            keep = torch.rand(n, generator=generator, device=x0.device) >= self.option("label_dropout")
+            labels = torch.where(keep, batch["label"], torch.full_like(batch["label"], self.null_label))
+        pred = self.models["unet"](noisy, t, class_labels=labels).sample.float()
+        kind = self.option("prediction_type")
+        target = {"epsilon": noise, "v_prediction": self.noise_scheduler.get_velocity(x0, noise, t), "sample": x0}[kind]
+        per_image = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        gamma = self.option("snr_gamma")
+        if gamma is None:
+            return per_image.mean(), {}
+        # min-SNR-gamma weighting (Hang et al. 2023), written for each prediction target
+        snr = compute_snr(self.noise_scheduler, t)
+        clipped = torch.clamp(snr, max=gamma)
+        weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[kind]
+        return (per_image * weight).mean(), {"mse": per_image.mean().detach()}
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        # fixed noise and timesteps, so evaluations are comparable across steps and leave the training RNG alone
+        generator = torch.Generator(device=batch["image"].device).manual_seed(0)
+        loss, _ = self.loss("unet", batch, generator)
+        return {"eval_loss": loss.item()}
+
+    def pipeline(self, scheduler: str | None = None, timestep_spacing: str | None = None) -> GenkitDiffusionPipeline:
+        """A pipeline over the current UNet with a sampling scheduler (default: the run's `model.sampler`)."""
+        sched = make_scheduler(scheduler or self.option("sampler"), self.noise_scheduler.config, timestep_spacing or self.option("timestep_spacing"))
+        id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
+        return GenkitDiffusionPipeline(unwrap(self.models["unet"]), sched, id2label)
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """`num_samples` images; for conditional models one column per class."""
+        n = self.config.num_samples
+        pipe = self.pipeline()
+        labels, nrow = None, 8
+        if self.conditional:
+            k = min(self.info.num_classes, 10)
+            labels, nrow = torch.arange(n) % k, k
+        x = sample(pipe.unet, pipe.scheduler, n, self.option("sample_steps"), generator, labels, self.option("guidance_scale"), self.null_label)
+        return ((x.float() + 1) / 2).clamp(0, 1), nrow
+
+    def save(self, directory: str | Path) -> None:
+        unet = unwrap(self.models["unet"])
+        if self.conditional:
+            GenkitDiffusionPipeline(unet, self.noise_scheduler, dict(enumerate(self.info.class_names))).save_pretrained(directory)
+        else:
+            DDPMPipeline(unet=unet, scheduler=self.noise_scheduler).save_pretrained(directory)
+
+    @classmethod
+    def load_models(cls, directory: str | Path) -> dict[str, torch.nn.Module]:
+        directory = Path(directory)
+        if not (directory / "unet").is_dir():
+            raise FileNotFoundError(f"{directory} holds no diffusion pipeline (no unet/ folder)")
+        return {"unet": UNet2DModel.from_pretrained(str(directory / "unet"))}
+
+    @staticmethod
+    def saved_pipeline_class(directory: str | Path) -> str:
+        """The pipeline class named in model_index.json."""
+        return json.loads((Path(directory) / "model_index.json").read_text())["_class_name"]

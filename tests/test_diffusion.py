@@ -1,0 +1,183 @@
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from conftest import tiny_config
+from genkit.config import ConfigError
+from genkit.engine import train
+from genkit.families.diffusion import PRESETS, build_unet
+from genkit.pipelines import GenkitDiffusionPipeline
+from genkit.runs import load_family
+from genkit.sampling import SCHEDULERS, make_scheduler, sample
+
+TRAIN_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+
+
+class OracleUNet(torch.nn.Module):
+    """The exact denoiser for a data set of one image per class: any correct sampler must land on that image.
+
+    It reads the timestep the way a trained UNet does, so a sampler that forgets `scale_model_input` or
+    `init_noise_sigma` (as DDPMPipeline does with Euler) lands somewhere else.
+    """
+
+    def __init__(self, targets: torch.Tensor, prediction_type: str = "epsilon"):
+        super().__init__()
+        self.targets = targets  # (classes, C, H, W) in [-1, 1]
+        self.alphas_cumprod = DDPMScheduler(**TRAIN_SCHEDULE).alphas_cumprod.double()
+        self.prediction_type = prediction_type
+        self.config = SimpleNamespace(in_channels=targets.shape[1], sample_size=targets.shape[2], num_class_embeds=len(targets) + 1)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device and dtype
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    @property
+    def dtype(self):
+        return self.anchor.dtype
+
+    def forward(self, x, t, class_labels=None):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        lo = t.floor().long().clamp(0, 999)
+        hi = (lo + 1).clamp(max=999)
+        ab = self.alphas_cumprod[lo] + (t - lo) * (self.alphas_cumprod[hi] - self.alphas_cumprod[lo])
+        ab = ab.float().view(-1, 1, 1, 1)
+        # the null label (one past the classes) is treated as the mean image, which makes guidance predictable
+        with_null = torch.cat([self.targets, self.targets.mean(0, keepdim=True)])
+        labels = torch.zeros(len(x), dtype=torch.long) if class_labels is None else class_labels
+        x0 = with_null[labels]
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        out = {"epsilon": eps, "sample": x0, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[self.prediction_type]
+        return SimpleNamespace(sample=out)
+
+
+def targets(k=2, size=8):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(k, 1, size, size, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_every_scheduler_lands_on_the_data(name, prediction_type):
+    truth = targets(1)
+    unet = OracleUNet(truth, prediction_type)
+    scheduler = make_scheduler(name, {**TRAIN_SCHEDULE, "prediction_type": prediction_type})
+    steps = 100 if name == "ddpm" else 20
+    x = sample(unet, scheduler, 4, steps, torch.Generator().manual_seed(1))
+    assert (x - truth).abs().max() < 0.05, f"{name}/{prediction_type}: max error {(x - truth).abs().max():.3f}"
+
+
+def test_forgetting_scale_model_input_is_caught_by_the_oracle():
+    # what DDPMPipeline does with Euler: no init_noise_sigma, no scale_model_input
+    truth = targets(1)
+    unet, scheduler = OracleUNet(truth), make_scheduler("euler", TRAIN_SCHEDULE)
+    scheduler.set_timesteps(20)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    for t in scheduler.timesteps:
+        x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    assert (x - truth).abs().max() > 0.5
+
+
+def test_class_labels_pick_the_class_with_and_without_guidance():
+    truth = targets(3)
+    unet = OracleUNet(truth)
+    labels = torch.tensor([2, 0, 1, 2])
+    mean = truth.mean(0, keepdim=True)
+    for scale in [1.0, 3.0]:
+        # DDIM's last step returns the guided x0 prediction: mean + scale * (class image - mean)
+        x = sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 4, 20, torch.Generator().manual_seed(0), labels, scale, null_label=3)
+        assert (x - (mean + scale * (truth[labels] - mean))).abs().max() < 0.05
+
+
+def test_sdedit_keeps_what_low_noise_does_not_destroy():
+    truth = targets(1)
+    unet = OracleUNet(truth)
+    start = truth.repeat(2, 1, 1, 1)
+    for name in ["ddim", "dpm++", "euler", "heun", "unipc"]:
+        x = sample(unet, make_scheduler(name, TRAIN_SCHEDULE), 2, 20, torch.Generator().manual_seed(0), init_images=start, strength=0.3)
+        assert (x - truth).abs().max() < 0.05, name
+    with pytest.raises(ValueError, match="strength"):
+        sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 2, 20, init_images=start, strength=0.0)
+    with pytest.raises(ValueError, match="init_images must have shape"):
+        sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 2, 20, init_images=torch.zeros(2, 3, 8, 8), strength=0.5)
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 1), (28, 3), (32, 3)])
+def test_presets_are_valid_at_28_and_32(size, channels):
+    unet = build_unet(size, channels, **{**PRESETS["tiny"], "attention": True}, num_classes=10)
+    out = unet(torch.randn(2, channels, size, size), torch.tensor([1, 500]), class_labels=torch.tensor([0, 10])).sample
+    assert out.shape == (2, channels, size, size)
+
+
+def test_four_levels_at_28_is_refused_with_advice():
+    with pytest.raises(ConfigError, match="image_size=32"):
+        build_unet(28, 1, [16, 32, 32, 32], 1, False)
+
+
+def diffusion_config(tiny_idx, out, **overrides):
+    model = {"preset": "tiny", "sample_steps": 3, **overrides.pop("model", {})}
+    data = {"value_range": "-1,1", **overrides.pop("data", {})}
+    return tiny_config(tiny_idx, out, family="diffusion", model=model, data=data, num_samples=10,
+                       learning_rate=1e-3, max_steps=6, eval_every=6, checkpoint_every=6, ema_decay=0.99, **overrides)
+
+
+def test_unconditional_run_loads_with_plain_diffusers(tiny_idx, tmp_path):
+    train(diffusion_config(tiny_idx, tmp_path / "run", model={"prediction_type": "v_prediction", "snr_gamma": 5.0}))
+    pipe = DDPMPipeline.from_pretrained(str(tmp_path / "run"))
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 28, 28, 1) and np.isfinite(images).all()
+    family = load_family(str(tmp_path / "run"))
+    for name in SCHEDULERS:
+        out = family.pipeline(name)(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all(), name
+
+
+def test_conditional_run_round_trips_labels(tiny_idx, tmp_path):
+    from genkit.data import FASHION_MNIST_NAMES
+
+    cfg = diffusion_config(tiny_idx, tmp_path / "run", model={"class_conditional": True, "guidance_scale": 3.0},
+                           data={"source": "fashion_mnist", "data_dir": str(tiny_idx), "value_range": "-1,1"})
+    train(cfg)
+    run = tmp_path / "run"
+    assert json.loads((run / "model_index.json").read_text())["_class_name"] == "GenkitDiffusionPipeline"
+    pipe = GenkitDiffusionPipeline.from_pretrained(str(run))
+    assert pipe.id2label == dict(enumerate(FASHION_MNIST_NAMES))
+    assert pipe.unet.config.num_class_embeds == 11 and pipe.null_label == 10
+    out = pipe(class_labels=["Sneaker", 3], guidance_scale=2.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.images.shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="unknown class name 'Cat'"):
+        pipe(class_labels=["Cat"], num_inference_steps=2)
+    with pytest.raises(ValueError, match="out of range"):
+        pipe(class_labels=[10], num_inference_steps=2)
+    # the grid written during training has one column per class
+    assert (run / "samples.png").is_file()
+
+
+def test_bad_diffusion_configs(tiny_idx, tmp_path):
+    with pytest.raises(ConfigError, match="value_range"):
+        train(tiny_config(tiny_idx, tmp_path / "a", family="diffusion", model={"preset": "tiny"}))
+    with pytest.raises(ConfigError, match="model.sampler must be one of"):
+        train(diffusion_config(tiny_idx, tmp_path / "b", model={"sampler": "plms"}))
+    with pytest.raises(ConfigError, match="model.prediction_type"):
+        train(diffusion_config(tiny_idx, tmp_path / "c", model={"prediction_type": "x0"}))
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        make_scheduler("plms", TRAIN_SCHEDULE)
+
+
+def test_loss_targets_match_prediction_type():
+    from genkit.config import TrainConfig
+    from genkit.families import DataInfo
+    from genkit.families.diffusion import DiffusionFamily
+
+    info = DataInfo(1, 8, ["a", "b"], "-1,1")
+    x0 = targets(1).repeat(4, 1, 1, 1)
+    for kind in ["epsilon", "v_prediction", "sample"]:
+        config = TrainConfig.from_dict({"family": "diffusion", "model": {"prediction_type": kind, "beta_schedule": "squaredcos_cap_v2"}, "data": {"value_range": "-1,1"}})
+        family = DiffusionFamily(config, info, {"unet": OracleUNet(targets(1), kind)})
+        loss, _ = family.loss("unet", {"image": x0, "label": torch.zeros(4, dtype=torch.long)})
+        assert loss.item() < 1e-6, kind  # the exact denoiser has zero loss for every target
