@@ -32,6 +32,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
     p.add_argument("--out", default=None, help="grid PNG to write (default: RUN/reconstructions.png)")
     p.add_argument("--device", default="cpu")
+    p = sub.add_parser("sample", help="generate images from a trained run; write a grid PNG")
+    p.add_argument("run", help="run directory or Hub repo id")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--scheduler", default=None, help="diffusion: ddpm, ddim, dpm++, unipc, euler, euler_a, heun")
+    p.add_argument("--steps", type=int, default=None, help="diffusion: number of inference steps")
+    p.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing", "linspace"])
+    p.add_argument("--class-label", default=None, help="class index or name (conditional models); 'all' cycles through the classes")
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("eval", help="evaluate a trained run offline (FID/KID with a genkit classifier, ...)")
+    p.add_argument("run", help="run directory or Hub repo id")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--scheduler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
     return parser
 
 
@@ -45,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "reconstruct":
             return _reconstruct(args)
-    except (*USER_ERRORS, RunDirError, TrainingDiverged) as err:
+        if args.command == "sample":
+            return _sample(args)
+        if args.command == "eval":
+            return _eval(args)
+    except (*USER_ERRORS, RunDirError, TrainingDiverged, ValueError) as err:
         print(f"genkit {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -88,6 +113,58 @@ def _reconstruct(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(family.config.output_dir if not Path(args.run).exists() else args.run) / "reconstructions.png")
     save_grid(torch.cat([first["input"], model.reconstruct(first["input"]).float()]), out, nrow=len(first["input"]))
     print(json.dumps({"split": args.split or data_cfg.eval_split, "images": count, "mse": total / count, "grid": str(out)}, indent=2))
+    return 0
+
+
+def _generation_options(args: argparse.Namespace) -> dict:
+    names = {"scheduler": "scheduler", "steps": "steps", "guidance_scale": "guidance_scale", "timestep_spacing": "timestep_spacing"}
+    return {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr, None) is not None}
+
+
+def _class_labels(family, value: str | None, n: int):
+    import torch
+
+    if value is None:
+        return None
+    if not getattr(family, "conditional", False):
+        raise ConfigError(f"{family.config.family} run is not class-conditional: drop --class-label")
+    if value == "all":
+        return torch.arange(n) % family.info.num_classes
+    names = family.info.class_names
+    if value in names:
+        index = names.index(value)
+    elif value.isdigit() and int(value) < len(names):
+        index = int(value)
+    else:
+        raise ConfigError(f"--class-label {value!r} is neither a class index below {len(names)} nor one of {names}")
+    return torch.full((n,), index, dtype=torch.long)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .plots import save_grid
+    from .runs import load_family
+
+    if args.n < 1:
+        raise ConfigError("--n must be >= 1")
+    family = load_family(args.run, args.device)
+    labels = _class_labels(family, args.class_label, args.n)
+    images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **_generation_options(args))
+    path = save_grid(images, args.out, nrow=min(10, args.n) if labels is not None else 8)
+    print(json.dumps({"images": args.n, "grid": str(path)}))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_run
+    from .runs import load_family
+
+    family = load_family(args.run, args.device)
+    if args.data_dir:
+        family.config.data.data_dir = args.data_dir
+    result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, **_generation_options(args))
+    print(json.dumps(result, indent=2))
     return 0
 
 

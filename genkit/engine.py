@@ -117,6 +117,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         step, step_started = state["step"], time.perf_counter()
         for part in family.parts:
             model, optimizer = family.models[part], optimizers[part]
+            optimizer.zero_grad(set_to_none=True)  # also clears what another part's loss left here (GAN: D during the G step)
             for micro in range(accum):
                 batch = make_batch(train_data, batches(step * accum + micro), config.data)
                 sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
@@ -131,7 +132,6 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             optimizer.step()
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow steps leave the schedule alone
                 schedulers[part].step()
-            optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(unwrap(family.models[family.ema_part]).parameters())
         state["step"] = step = step + 1

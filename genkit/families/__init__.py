@@ -10,6 +10,10 @@ from .base import DataInfo, Family
 FAMILIES = {
     "autoencoder": "genkit.families.autoencoder:AutoencoderFamily",
     "diffusion": "genkit.families.diffusion:DiffusionFamily",
+    "vae": "genkit.families.vae:VAEFamily",
+    "gan": "genkit.families.gan:GANFamily",
+    "rbm": "genkit.families.rbm:RBMFamily",
+    "classifier": "genkit.families.classifier:ClassifierFamily",
 }
 
 

@@ -33,6 +33,11 @@ class DataInfo:
         """(C, H, W)."""
         return (self.channels, self.image_size, self.image_size)
 
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        """`n` new images in [0, 1] (generative families only)."""
+        raise NotImplementedError(f"the {self.name} family does not generate new images")
+
     def save(self, directory: str | Path) -> None:
         """Write `data_info.json`."""
         (Path(directory) / "data_info.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -99,6 +104,11 @@ class Family:
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """Images in [0, 1] for the progress grid, and the number per row."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        """`n` new images in [0, 1] (generative families only)."""
+        raise NotImplementedError(f"the {self.name} family does not generate new images")
 
     def save(self, directory: str | Path) -> None:
         """Export the trained models (weights as safetensors plus their config) into `directory`."""

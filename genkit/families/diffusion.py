@@ -139,16 +139,24 @@ class DiffusionFamily(Family):
         return GenkitDiffusionPipeline(unwrap(self.models["unet"]), sched, id2label)
 
     @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, scheduler: str | None = None,
+                 steps: int | None = None, guidance_scale: float | None = None, timestep_spacing: str | None = None) -> torch.Tensor:
+        """`n` images in [0, 1]; conditional models without labels sample the unconditional (null-label) model."""
+        pipe = self.pipeline(scheduler, timestep_spacing)
+        if self.conditional and class_labels is None:
+            class_labels = torch.full((n,), self.null_label, dtype=torch.long)
+        scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
+        x = sample(pipe.unet, pipe.scheduler, n, steps or self.option("sample_steps"), generator, class_labels, scale, self.null_label)
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """`num_samples` images; for conditional models one column per class."""
-        n = self.config.num_samples
-        pipe = self.pipeline()
-        labels, nrow = None, 8
+        n, labels, nrow = self.config.num_samples, None, 8
         if self.conditional:
             k = min(self.info.num_classes, 10)
             labels, nrow = torch.arange(n) % k, k
-        x = sample(pipe.unet, pipe.scheduler, n, self.option("sample_steps"), generator, labels, self.option("guidance_scale"), self.null_label)
-        return ((x.float() + 1) / 2).clamp(0, 1), nrow
+        return self.generate(n, generator, labels), nrow
 
     def save(self, directory: str | Path) -> None:
         unet = unwrap(self.models["unet"])

@@ -1,0 +1,170 @@
+"""GANs: the course's MLP GAN, DCGAN and a class-conditional GAN; non-saturating or hinge loss, optional R1 penalty."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from ..config import ConfigError, TrainConfig
+from .base import Family, unwrap
+
+
+class Generator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["genkit", "gan"]):
+    """z (and a class embedding) -> image in [-1, 1]; `mlp` or `dcgan` architecture."""
+
+    def __init__(self, image_shape: list[int] = (1, 28, 28), latent_dim: int = 64, architecture: str = "dcgan", width: int = 64,
+                 num_classes: int | None = None):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape, self.latent_dim, self.num_classes = tuple(image_shape), latent_dim, num_classes
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
+        z_in = 2 * latent_dim if num_classes else latent_dim
+        if architecture == "mlp":
+            self.net = nn.Sequential(nn.Linear(z_in, 256), nn.LeakyReLU(0.2), nn.Linear(256, 512), nn.LeakyReLU(0.2),
+                                     nn.Linear(512, 1024), nn.LeakyReLU(0.2), nn.Linear(1024, c * h * w), nn.Tanh(), nn.Unflatten(1, (c, h, w)))
+        elif architecture == "dcgan":
+            if h % 4 or w % 4:
+                raise ValueError(f"DCGAN needs height and width divisible by 4, got {h}x{w}")
+            small = (2 * width, h // 4, w // 4)
+            self.net = nn.Sequential(
+                nn.Linear(z_in, math.prod(small)), nn.BatchNorm1d(math.prod(small)), nn.ReLU(), nn.Unflatten(1, small),
+                nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.ConvTranspose2d(width, c, 4, 2, 1), nn.Tanh(),
+            )
+        else:
+            raise ValueError(f"architecture must be 'mlp' or 'dcgan', got {architecture!r}")
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1]."""
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("this generator is class-conditional: pass labels")
+            z = torch.cat([z, self.embed(labels)], 1)
+        return self.net(z)
+
+
+class Discriminator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["genkit", "gan"]):
+    """Image (and label, by projection) -> one real/fake logit."""
+
+    def __init__(self, image_shape: list[int] = (1, 28, 28), architecture: str = "dcgan", width: int = 64, num_classes: int | None = None):
+        super().__init__()
+        c, h, w = image_shape
+        if architecture == "mlp":
+            self.features = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 512), nn.LeakyReLU(0.2), nn.Linear(512, 256), nn.LeakyReLU(0.2))
+            dim = 256
+        elif architecture == "dcgan":
+            self.features = nn.Sequential(nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, 2 * width, 4, 2, 1),
+                                          nn.LeakyReLU(0.2), nn.Flatten())
+            dim = 2 * width * (h // 4) * (w // 4)
+        else:
+            raise ValueError(f"architecture must be 'mlp' or 'dcgan', got {architecture!r}")
+        self.out = nn.Linear(dim, 1)
+        self.embed = nn.Embedding(num_classes, dim) if num_classes else None  # projection discriminator (Miyato & Koyama)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Real/fake logits (N,)."""
+        h = self.features(x)
+        logit = self.out(h).squeeze(1)
+        if self.embed is not None:
+            logit = logit + (self.embed(labels) * h).sum(1)
+        return logit
+
+
+class GANFamily(Family):
+    """Alternating updates: the discriminator, then the generator, each with its own optimizer."""
+
+    name = "gan"
+    model_classes = {"discriminator": Discriminator, "generator": Generator}
+    parts = ("discriminator", "generator")
+    ema_part = "generator"
+
+    @classmethod
+    def model_options(cls) -> dict[str, Any]:
+        return {"architecture": "dcgan", "latent_dim": 64, "width": 64, "conditional": False, "loss": "non_saturating", "r1_gamma": 0.0}
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        super().check_config(config)
+        m = {**cls.model_options(), **config.model}
+        if m["architecture"] not in ("mlp", "dcgan"):
+            raise ConfigError(f"model.architecture must be mlp or dcgan, got {m['architecture']!r}")
+        if m["loss"] not in ("non_saturating", "hinge"):
+            raise ConfigError(f"model.loss must be non_saturating or hinge, got {m['loss']!r}")
+        if config.data.value_range != "-1,1":
+            raise ConfigError("the generator ends in tanh: set data.value_range to '-1,1'")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether G and D take class labels."""
+        return unwrap(self.models["generator"]).num_classes is not None
+
+    def build(self) -> dict[str, nn.Module]:
+        shape, arch, width = list(self.info.image_shape), self.option("architecture"), self.option("width")
+        classes = self.info.num_classes if self.option("conditional") else None
+        return {"discriminator": Discriminator(shape, arch, width, classes), "generator": Generator(shape, self.option("latent_dim"), arch, width, classes)}
+
+    def _fake(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        z = torch.randn(n, unwrap(self.models["generator"]).latent_dim, device=device)
+        return self.models["generator"](z, labels)
+
+    def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        real = batch["image"]
+        labels = batch["label"] if self.conditional else None
+        D, hinge = self.models["discriminator"], self.option("loss") == "hinge"
+        if part == "discriminator":
+            with torch.no_grad():
+                fake = self._fake(len(real), labels, real.device)
+            gamma = self.option("r1_gamma")
+            real_in = real.detach().requires_grad_(gamma > 0)
+            # one forward over real and fake keeps DDP to a single reduction per step
+            logits = D(torch.cat([real_in, fake]), None if labels is None else torch.cat([labels, labels])).float()
+            real_logit, fake_logit = logits.chunk(2)
+            if hinge:
+                loss = F.relu(1 - real_logit).mean() + F.relu(1 + fake_logit).mean()
+            else:
+                loss = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
+            logs = {"real_score": torch.sigmoid(real_logit).mean().detach(), "fake_score": torch.sigmoid(fake_logit).mean().detach()}
+            if gamma > 0:  # R1: penalise the gradient on real data (Mescheder et al. 2018)
+                (grad,) = torch.autograd.grad(real_logit.sum(), real_in, create_graph=True)
+                r1 = grad.pow(2).flatten(1).sum(1).mean()
+                loss, logs["r1"] = loss + gamma / 2 * r1, r1.detach()
+            return loss, logs
+        fake_logit = D(self._fake(len(real), labels, real.device), labels).float()
+        return (-fake_logit.mean() if hinge else F.softplus(-fake_logit).mean()), {}
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        # GAN losses do not measure quality; report D's view on held-out real vs fixed-noise fakes (FID: `genkit eval`)
+        G, D = unwrap(self.models["generator"]), unwrap(self.models["discriminator"])
+        real, labels = batch["image"], batch["label"] if self.conditional else None
+        g = torch.Generator(real.device).manual_seed(0)
+        fake = G(torch.randn(len(real), G.latent_dim, generator=g, device=real.device), labels)
+        d_real, d_fake = torch.sigmoid(D(real, labels)).mean().item(), torch.sigmoid(D(fake, labels)).mean().item()
+        return {"eval_d_real": d_real, "eval_d_fake": d_fake, "eval_loss": d_real - d_fake}
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        G = unwrap(self.models["generator"])
+        device = next(G.parameters()).device
+        if self.conditional and class_labels is None:
+            class_labels = torch.randint(0, self.info.num_classes, (n,), generator=generator)
+        z = torch.randn(n, G.latent_dim, generator=generator, device=generator.device).to(device)
+        was_training = G.training
+        G.eval()  # batch norm in inference mode for sampling
+        images = G(z, None if class_labels is None else class_labels.to(device))
+        G.train(was_training)
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Fixed noise (the engine reseeds the generator), one column per class for conditional models."""
+        n = self.config.num_samples
+        if self.conditional:
+            k = min(self.info.num_classes, 10)
+            return self.generate(n, generator, torch.arange(n) % k), k
+        return self.generate(n, generator), 8

@@ -1,0 +1,142 @@
+"""Bernoulli restricted Boltzmann machine trained by contrastive divergence (CD-k) or persistent CD; Gibbs sampling."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from ..config import ConfigError, TrainConfig
+from .base import Family, unwrap
+
+
+class BernoulliRBM(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["genkit", "rbm"]):
+    """Binary visible and hidden units; energy E(v, h) = -v.b - h.c - v W h."""
+
+    def __init__(self, image_shape: list[int] = (1, 28, 28), hidden: int = 256):
+        super().__init__()
+        self.image_shape, visible = tuple(image_shape), math.prod(image_shape)
+        self.W = nn.Parameter(torch.randn(visible, hidden) * 0.01)
+        self.b = nn.Parameter(torch.zeros(visible))
+        self.c = nn.Parameter(torch.zeros(hidden))
+
+    def free_energy(self, v: torch.Tensor) -> torch.Tensor:
+        """F(v) = -v.b - sum_j softplus(c_j + (vW)_j), per example."""
+        v = v.flatten(1)
+        return -v @ self.b - F.softplus(v @ self.W + self.c).sum(1)
+
+    def hidden_probs(self, v: torch.Tensor) -> torch.Tensor:
+        """p(h=1 | v)."""
+        return torch.sigmoid(v.flatten(1) @ self.W + self.c)
+
+    def visible_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """p(v=1 | h), flat."""
+        return torch.sigmoid(h @ self.W.t() + self.b)
+
+    def gibbs(self, v: torch.Tensor, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """k steps v -> h -> v; returns the last binary sample and its probabilities (flat)."""
+        probs = v.flatten(1)
+        for _ in range(k):
+            h = torch.bernoulli(self.hidden_probs(v), generator=generator)
+            probs = self.visible_probs(h)
+            v = torch.bernoulli(probs, generator=generator)
+        return v, probs
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        """Free energy per example (the quantity whose data-vs-model difference is trained)."""
+        return self.free_energy(v)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """One mean-field pass v -> p(h) -> p(v), as images."""
+        return self.visible_probs(self.hidden_probs(x)).view(-1, *self.image_shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int = 1000, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Run n Gibbs chains from uniform noise for `steps` steps; return the final p(v) as images."""
+        device = self.W.device
+        v = torch.bernoulli(torch.full((n, self.W.shape[0]), 0.5, device=device), generator=generator)
+        _, probs = self.gibbs(v, steps, generator)
+        return probs.view(-1, *self.image_shape)
+
+
+class RBMFamily(Family):
+    """CD-k / PCD: minimise F(v_data) - F(v_model) with v_model from (persistent) Gibbs chains."""
+
+    name = "rbm"
+    model_classes = {"model": BernoulliRBM}
+
+    @classmethod
+    def model_options(cls) -> dict[str, Any]:
+        return {"hidden": 256, "cd_k": 1, "persistent": False, "binarize": True, "sample_steps": 1000}
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        super().check_config(config)
+        if config.data.value_range != "0,1":
+            raise ConfigError("an RBM models pixels as Bernoulli in [0, 1]: set data.value_range to '0,1'")
+        if config.model.get("cd_k", 1) < 1:
+            raise ConfigError("model.cd_k must be >= 1")
+
+    def __init__(self, config: TrainConfig, info, models=None):
+        super().__init__(config, info, models)
+        self.chains: torch.Tensor | None = None  # persistent chains (PCD); restarted from data after a resume
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"model": BernoulliRBM(list(self.info.image_shape), self.option("hidden"))}
+
+    def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rbm = unwrap(self.models["model"])
+        v = batch["input"].flatten(1).float()
+        if self.option("binarize"):
+            v = torch.bernoulli(v)
+        with torch.no_grad():
+            start = v
+            if self.option("persistent"):
+                if self.chains is None or len(self.chains) != len(v):
+                    self.chains = v.clone()
+                start = self.chains
+            negative, _ = rbm.gibbs(start, self.option("cd_k"))
+            if self.option("persistent"):
+                self.chains = negative
+        # the gradient of this surrogate is the CD / PCD estimate of the log-likelihood gradient
+        free = self.models["model"](torch.cat([v, negative])).float()
+        loss = free[: len(v)].mean() - free[len(v):].mean()
+        recon_error = F.mse_loss(rbm.reconstruct(v).flatten(1), v)
+        return loss, {"recon_mse": recon_error.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        rbm = unwrap(self.models["model"])
+        x = batch["image"]
+        recon = rbm.reconstruct(x)
+        return {"eval_loss": F.mse_loss(recon, x).item(), "eval_free_energy": rbm.free_energy(x).mean().item(),
+                "eval_pseudo_nll": self.pseudo_nll(x).item()}
+
+    @torch.no_grad()
+    def pseudo_nll(self, x: torch.Tensor) -> torch.Tensor:
+        """Stochastic pseudo-likelihood (one random pixel flipped per image, scaled by the pixel count), in nats."""
+        rbm = unwrap(self.models["model"])
+        v = (x.flatten(1) > 0.5).float()
+        g = torch.Generator(v.device).manual_seed(0)
+        idx = torch.randint(0, v.shape[1], (len(v),), generator=g, device=v.device)
+        flipped = v.clone()
+        flipped[torch.arange(len(v)), idx] = 1 - flipped[torch.arange(len(v)), idx]
+        return -(v.shape[1] * F.logsigmoid(rbm.free_energy(flipped) - rbm.free_energy(v))).mean()
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, steps: int | None = None, **options: Any) -> torch.Tensor:
+        rbm = unwrap(self.models["model"])
+        g = torch.Generator(rbm.W.device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+        return rbm.sample(n, steps or self.option("sample_steps"), g)
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Reconstructions of 8 inputs, then Gibbs samples."""
+        x = batch["image"][:8]
+        rbm = unwrap(self.models["model"])
+        return torch.cat([x, rbm.reconstruct(x), self.generate(self.config.num_samples, generator)]).clamp(0, 1), 8

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from genkit.cli import main
+from genkit.config import DataConfig
+from genkit.evaluation import class_accuracy, feature_distances, get_classifier, real_images, to_unit
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_classifier_is_trained_once_and_cached(tiny_idx, cache):
+    data = DataConfig(source="mnist", data_dir=str(tiny_idx))
+    clf = get_classifier(data, epochs=4)
+    folders = list((cache / "classifiers").iterdir())
+    assert len(folders) == 1 and (folders[0] / "model.safetensors").is_file()
+    mtime = (folders[0] / "model.safetensors").stat().st_mtime
+    again = get_classifier(data, epochs=4)
+    assert (folders[0] / "model.safetensors").stat().st_mtime == mtime
+    assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), again.state_dict().values()))
+    test = real_images(data, "test", 64)
+    assert class_accuracy(to_unit(test), test.labels, clf) > 0.9  # the synthetic classes are easy
+
+
+def test_fid_separates_real_from_fake_and_has_a_floor(tiny_idx, cache):
+    data = DataConfig(source="mnist", data_dir=str(tiny_idx))
+    clf = get_classifier(data, epochs=4)
+    train, test = to_unit(real_images(data, "train", 200)), to_unit(real_images(data, "test", 64))
+    floor = feature_distances(test, train, clf)
+    noise = feature_distances(test, torch.rand(200, 1, 28, 28), clf)
+    assert floor["fid"] >= 0 and noise["fid"] > 5 * floor["fid"] and noise["kid"] > floor["kid"]
+
+
+def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):
+    from genkit.engine import train
+
+    cfg = tiny_config(tiny_idx, tmp_path / "run", family="diffusion", model={"preset": "tiny", "sample_steps": 2, "class_conditional": True},
+                      data={"value_range": "-1,1"}, max_steps=2, num_samples=10)
+    train(cfg)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--num-samples", "40", "--steps", "2", "--scheduler", "ddim"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["num_samples"] == 40 and result["fid"] > result["fid_real_floor"] >= 0
+    assert 0 <= result["class_accuracy"] <= 1 and "kid" in result
+    assert main(["sample", str(tmp_path / "run"), "--n", "4", "--steps", "2", "--class-label", "3", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").is_file()
+    assert main(["sample", str(tmp_path / "run"), "--class-label", "cat"]) == 2
+    assert "neither a class index" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "run"), "--scheduler", "plms"]) == 2
