@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering ARI/NMI, PCA/t-SNE plot, PCA comparison")
+    p.add_argument("run", help="run directory or Hub repo id")
+    p.add_argument("--num-images", type=int, default=5000)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="folder for the plot and analysis.json (default: the run directory)")
+    p.add_argument("--device", default="cpu")
     return parser
 
 
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sample(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "analyze":
+            return _analyze(args)
     except (*USER_ERRORS, RunDirError, TrainingDiverged, ValueError) as err:
         print(f"genkit {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -165,6 +173,34 @@ def _eval(args: argparse.Namespace) -> int:
         family.config.data.data_dir = args.data_dir
     result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, **_generation_options(args))
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .evaluation import real_images, to_unit
+    from .latents import clustering_scores, encode, has_encoder, pca_baseline, plot_embeddings, subspace_angles_to_pca, to_flat
+    from .runs import load_family, resolve
+
+    family = load_family(args.run, args.device)
+    if not has_encoder(family):
+        raise ConfigError(f"{args.run} is a {family.config.family} run: latent analysis needs an encoder (autoencoder, vae, rbm)")
+    data = family.config.data
+    if args.data_dir:
+        data.data_dir = args.data_dir
+    test = real_images(data, data.eval_split or data.split, args.num_images)
+    latents = encode(family, to_unit(test))
+    labels = test.labels.numpy()
+    out = Path(args.out or resolve(args.run))
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"latent_dim": int(latents.shape[1]), "clustering": clustering_scores(latents, labels, family.info.num_classes),
+              "plot": str(plot_embeddings(latents, labels, family.info.class_names, out / "latents.png"))}
+    model = family.models["model"]
+    if getattr(model, "latent_dim", None) and family.config.model.get("linear"):
+        _, pca = pca_baseline(to_flat(real_images(data, data.split, 10000)), to_flat(test), model.latent_dim)
+        angles = subspace_angles_to_pca(model.decoder[-1].weight.detach().cpu().numpy(), pca)
+        report["linear_ae_vs_pca"] = {"max_principal_angle_deg": float(angles.max()), "mean_principal_angle_deg": float(angles.mean())}
+    (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -36,6 +36,14 @@ class DataConfig:
     corruption_level: float = 0.3
     exclude_labels: list[int] = field(default_factory=list)  # drop these classes from training (anomaly studies)
 
+    def resolve_paths(self) -> "DataConfig":
+        """Make local paths absolute, so a saved run still finds its data from another working directory."""
+        if self.data_dir and Path(self.data_dir).expanduser().exists():
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        if Path(self.source).expanduser().exists():
+            self.source = str(Path(self.source).expanduser().resolve())
+        return self
+
 
 @dataclass
 class TrainConfig:

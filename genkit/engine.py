@@ -44,6 +44,7 @@ class RunDirError(ValueError):
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
     config.validate()
+    config.data.resolve_paths()
     family_cls = get_family(config.family)
     family_cls.check_config(config)
     run_dir = Path(config.output_dir)
@@ -299,7 +300,9 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: str | None, overw
     if resume:
         if not saved.is_file():
             raise RunDirError(f"--resume: {run_dir} holds no run to resume (no training_config.json)")
-        before = _flat(TrainConfig.load(saved).to_dict())
+        saved_config = TrainConfig.load(saved)
+        saved_config.data.resolve_paths()
+        before = _flat(saved_config.to_dict())
         now = _flat(config.to_dict())
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
         if changed:

@@ -123,11 +123,55 @@ def evaluate_generation(family, num_samples: int = 1000, device: str | torch.dev
     return result
 
 
+@torch.no_grad()
+def evaluate_reconstruction(family, num_images: int = 10000, pca_train: int = 10000, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Reconstruction MSE / PSNR on the eval split beside PCA with as many components as the model has latents."""
+    from .corruption import corrupt
+    from .latents import anomaly_auroc, encode, pca_baseline, psnr, reconstruction_errors, to_flat
+
+    data = family.config.data
+    test = real_images(data, data.eval_split or data.split, num_images)
+    images = to_unit(test)
+    errors = reconstruction_errors(family, images)
+    result = {"mse": float(errors.mean()), "psnr": psnr(float(errors.mean())), "num_images": len(test)}
+    if data.corruption:  # denoisers: corrupted input -> clean target
+        noisy = corrupt(images, data.corruption, data.corruption_level, torch.Generator().manual_seed(0))
+        model = family.models["model"]
+        recon = torch.cat([model.reconstruct(x.to(device)).float().cpu() for x in noisy.split(1000)])
+        result["denoise_mse"] = float((recon - images).pow(2).mean())
+        result["noisy_input_mse"] = float((noisy - images).pow(2).mean())
+    k = encode(family, images[:2]).shape[1]
+    if k < images[0].numel():
+        train_flat = to_flat(real_images(data, data.split, pca_train))
+        result[f"pca{k}_mse"], _ = pca_baseline(train_flat, images.flatten(1).numpy(), k)
+        result[f"pca{k}_psnr"] = psnr(result[f"pca{k}_mse"])
+    if data.exclude_labels:
+        result["anomaly_auroc"] = anomaly_auroc(errors, test.labels.numpy(), data.exclude_labels)
+    return result
+
+
+@torch.no_grad()
+def evaluate_likelihood(family, num_images: int = 1000, k: int = 100, device: str | torch.device = "cpu") -> dict[str, float]:
+    """VAE: mean ELBO and importance-weighted NLL (k samples) on the eval split, in nats per image."""
+    data = family.config.data
+    images = to_unit(real_images(data, data.eval_split or data.split, num_images)).to(device)
+    model = family.models["model"]
+    generator = torch.Generator(device).manual_seed(0)
+    elbo = torch.cat([-model(x, generator=generator)["loss"] for x in images.split(500)]).mean().item()
+    nll = torch.cat([model.importance_nll(x, k, generator) for x in images.split(500)]).mean().item()
+    return {"elbo": elbo, f"nll_iw{k}": nll, "likelihood_images": len(images)}
+
+
 def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "cpu", seed: int = 0, **options) -> dict[str, float]:
     """Every offline metric that applies to this family."""
     from .families import Family
 
     result: dict[str, float] = {}
+    model = family.models.get("model")
+    if model is not None and hasattr(model, "reconstruct"):
+        result.update(evaluate_reconstruction(family, device=device))
+    if model is not None and hasattr(model, "importance_nll"):
+        result.update(evaluate_likelihood(family, device=device))
     if type(family).generate is not Family.generate:
         result.update(evaluate_generation(family, num_samples, device, seed, **options))
     return result
