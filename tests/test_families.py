@@ -1,0 +1,142 @@
+"""Every shipped config trains from the CLI on tiny data and loads back; each family's own maths is checked."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from genkit.cli import main
+from genkit.config import ConfigError, TrainConfig
+from genkit.engine import train
+from genkit.families import DataInfo
+from genkit.families.autoencoder import AutoencoderFamily, ConvAutoencoder, MLPAutoencoder
+from genkit.families.gan import Discriminator, Generator
+from genkit.families.rbm import BernoulliRBM
+from genkit.families.vae import VAE
+from genkit.runs import load_family
+
+CONFIGS = sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_trains_and_loads(config, tiny_idx, tmp_path, capsys):
+    out = tmp_path / "run"
+    overrides = [f"data.data_dir={tiny_idx}", "max_steps=3", "batch_size=16", "eval_batches=1", "num_samples=4", "log_with=none",
+                 "progress_bar=false", "checkpoint_every=3", "model.sample_steps=2" if "diffusion" in config.stem or "rbm" in config.stem else "seed=0"]
+    if "diffusion" in config.stem:
+        overrides.append("model.preset=tiny")
+    assert main(["train", "--config", str(config), "--output-dir", str(out), "--set", *overrides]) == 0, capsys.readouterr().err
+    family = load_family(str(out))
+    assert family.config == TrainConfig.load(out)
+    generator = torch.Generator().manual_seed(0)
+    model = family.models.get("model")
+    if model is not None and hasattr(model, "reconstruct"):
+        x = torch.rand(3, 1, 28, 28)
+        assert model.reconstruct(x).shape == (3, 1, 28, 28)
+    if family.name in ("vae", "gan", "rbm", "diffusion"):
+        images = family.generate(3, generator, steps=2) if family.name in ("rbm", "diffusion") else family.generate(3, generator)
+        assert images.shape == (3, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+
+
+def test_models_round_trip_through_from_pretrained(tmp_path):
+    for model in [MLPAutoencoder(hidden_dims=[16, 4], linear=True), ConvAutoencoder(latent_dim=8, width=8), VAE(latent_dim=2, architecture="conv", width=8, decoder="gaussian"),
+                  Generator(latent_dim=8, width=8, num_classes=10), Discriminator(width=8, num_classes=10), BernoulliRBM(hidden=16)]:
+        path = tmp_path / type(model).__name__
+        model.save_pretrained(path)
+        loaded = type(model).from_pretrained(str(path))
+        assert json.loads((path / "config.json").read_text()) and (path / "model.safetensors").is_file()
+        for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            assert torch.equal(a, b), name
+
+
+def test_contractive_penalty_estimates_the_jacobian_norm():
+    config = TrainConfig.from_dict({"model": {"hidden_dims": [6], "linear": True, "contractive_weight": 1.0}})
+    family = AutoencoderFamily(config, DataInfo(1, 4, ["a"]))
+    weight = family.models["model"].encoder[0].weight
+    exact = weight.pow(2).sum().item()  # a linear encoder's Jacobian is W
+    x = torch.rand(4096, 1, 4, 4)
+    _, logs = family.loss("model", {"input": x, "image": x})
+    assert abs(logs["contractive"].item() - exact) / exact < 0.1
+
+
+def test_kl_sparsity_drives_activations_to_the_target(tiny_idx, tmp_path):
+    train(tiny_config(tiny_idx, tmp_path / "run", model={"hidden_dims": [128], "sparsity": "kl", "sparsity_weight": 1.0, "sparsity_target": 0.05},
+                      max_steps=80, learning_rate=3e-3))
+    model = load_family(str(tmp_path / "run")).models["model"]
+    from genkit.data import load_split
+    from genkit.config import DataConfig
+
+    data = load_split(DataConfig(data_dir=str(tiny_idx)), "test")
+    mean_activation = model.encode(data.images.float() / 255).mean().item()
+    assert mean_activation < 0.12
+
+
+def test_vae_bounds_grid_and_interpolation():
+    torch.manual_seed(0)
+    vae = VAE(latent_dim=2, hidden_dims=[32])
+    x = (torch.rand(16, 1, 28, 28) > 0.7).float()
+    elbo = -vae(x)["loss"].mean()
+    nll = vae.importance_nll(x, k=64).mean()
+    assert nll <= -elbo + 1.0  # the importance-weighted bound is at least as tight as the ELBO
+    assert vae.latent_grid(5).shape == (25, 1, 28, 28)
+    assert vae.interpolate(x[0], x[1], 6).shape == (6, 1, 28, 28)
+    with pytest.raises(ValueError, match="latent_dim=2"):
+        VAE(latent_dim=3).latent_grid()
+
+
+def test_rbm_surrogate_gives_the_contrastive_divergence_gradient():
+    torch.manual_seed(0)
+    rbm = BernoulliRBM(image_shape=[1, 2, 3], hidden=4)
+    v_data, v_model = (torch.rand(8, 6) > 0.5).float(), (torch.rand(8, 6) > 0.5).float()
+    (rbm.free_energy(v_data).mean() - rbm.free_energy(v_model).mean()).backward()
+    h_data, h_model = rbm.hidden_probs(v_data), rbm.hidden_probs(v_model)
+    expected = -(v_data.t() @ h_data - v_model.t() @ h_model) / 8  # descent direction of the log-likelihood estimate
+    torch.testing.assert_close(rbm.W.grad, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_gan_r1_and_conditional_labels(tiny_idx, tmp_path):
+    cfg = tiny_config(tiny_idx, tmp_path / "run", family="gan", data={"value_range": "-1,1"},
+                      model={"conditional": True, "width": 8, "latent_dim": 8, "r1_gamma": 10.0}, max_steps=4, ema_decay=0.9)
+    train(cfg)
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert any("discriminator_r1" in row and row["discriminator_r1"] > 0 for row in history)
+    family = load_family(str(tmp_path / "run"))
+    images = family.generate(4, torch.Generator().manual_seed(0), torch.tensor([0, 1, 2, 3]))
+    assert images.shape == (4, 1, 28, 28)
+    assert set(p.name for p in (tmp_path / "run").iterdir()) >= {"generator", "discriminator"}
+
+
+def test_bad_family_options_are_named(tiny_idx, tmp_path):
+    for family, model, data, match in [("vae", {"decoder": "poisson"}, {}, "model.decoder"), ("gan", {}, {}, "value_range"),
+                                       ("gan", {"loss": "wasserstein"}, {"value_range": "-1,1"}, "model.loss"),
+                                       ("autoencoder", {"sparsity": "l2"}, {}, "model.sparsity"), ("rbm", {"cd_k": 0}, {}, "cd_k")]:
+        with pytest.raises(ConfigError, match=match):
+            train(tiny_config(tiny_idx, tmp_path / family, family=family, model=model, data=data))
+
+
+def test_eval_reports_pca_baseline_and_anomaly_auroc(tiny_idx, tmp_path, capsys):
+    cfg = tiny_config(tiny_idx, tmp_path / "run", model={"hidden_dims": [64, 8]}, data={"exclude_labels": [9]}, max_steps=150,
+                      learning_rate=3e-3, eval_every=50, checkpoint_every=150)
+    train(cfg)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["num_images"] == 64 and "pca8_mse" in result and result["mse"] > 0
+    assert result["anomaly_auroc"] > 0.7  # the unseen class (a bar at an unseen height) reconstructs worse
+    assert main(["analyze", str(tmp_path / "run"), "--num-images", "64"]) == 0
+    report = json.loads((tmp_path / "run" / "analysis.json").read_text())
+    assert set(report["clustering"]) == {"kmeans", "hierarchical", "dbscan"} and (tmp_path / "run" / "latents.png").is_file()
+
+
+def test_linear_autoencoder_compared_with_pca(tmp_path):
+    from genkit.latents import pca_baseline, subspace_angles_to_pca
+
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(500, 3)) @ rng.normal(size=(3, 20)) * 0.1 + 0.5).clip(0, 1)
+    mse, pca = pca_baseline(data[:400], data[400:], 3)
+    assert mse < 1e-3
+    assert subspace_angles_to_pca(pca.components_.T, pca).max() < 1e-3
