@@ -181,3 +181,19 @@ def test_loss_targets_match_prediction_type():
         family = DiffusionFamily(config, info, {"unet": OracleUNet(targets(1), kind)})
         loss, _ = family.loss("unet", {"image": x0, "label": torch.zeros(4, dtype=torch.long)})
         assert loss.item() < 1e-6, kind  # the exact denoiser has zero loss for every target
+
+
+def test_latent_diffusion_in_a_vae_latent_space(tiny_idx, tmp_path):
+    import shutil
+
+    train(tiny_config(tiny_idx, tmp_path / "vae", family="vae", model={"latent_dim": 16, "hidden_dims": [64]}, max_steps=4))
+    cfg = diffusion_config(tiny_idx, tmp_path / "ldm", model={"autoencoder": str(tmp_path / "vae"), "class_conditional": True})
+    train(cfg)
+    shutil.rmtree(tmp_path / "vae")  # the run carries its own decoder
+    family = load_family(str(tmp_path / "ldm"))
+    assert family.models["unet"].config.sample_size == 4 and family.models["unet"].config.in_channels == 1
+    images = family.generate(3, torch.Generator().manual_seed(0), torch.tensor([1, 2, 3]), steps=2)
+    assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        train(tiny_config(tiny_idx, tmp_path / "ae", model={"hidden_dims": [8]}, max_steps=2))
+        train(diffusion_config(tiny_idx, tmp_path / "ldm2", model={"autoencoder": str(tmp_path / "ae")}))

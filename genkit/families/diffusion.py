@@ -60,6 +60,8 @@ class DiffusionFamily(Family):
             "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
             "class_conditional": False, "label_dropout": 0.1,
             "sampler": "dpm++", "sample_steps": 25, "guidance_scale": 2.0, "timestep_spacing": None,
+            # latent diffusion: a genkit autoencoder / VAE run whose codes (latent_dim = 16 * c) become c x 4 x 4 maps
+            "autoencoder": None, "latent_scale": 1.0,
         }
 
     @classmethod
@@ -82,6 +84,10 @@ class DiffusionFamily(Family):
             raise ConfigError("diffusion adds its own noise: leave data.corruption unset")
 
     def __init__(self, config: TrainConfig, info, models=None):
+        models = dict(models) if models is not None else None
+        self.autoencoder = (models or {}).pop("autoencoder", None)
+        if self.autoencoder is None and config.model.get("autoencoder"):
+            self.autoencoder = self._load_autoencoder(config.model["autoencoder"])
         super().__init__(config, info, models)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.option("num_train_timesteps"), beta_schedule=self.option("beta_schedule"),
                                              prediction_type=self.option("prediction_type"), clip_sample=False)
@@ -97,13 +103,38 @@ class DiffusionFamily(Family):
         n = unwrap(self.models["unet"]).config.num_class_embeds
         return None if n is None else n - 1
 
+    @staticmethod
+    def _load_autoencoder(source: str) -> torch.nn.Module:
+        from ..runs import load_family
+
+        family = load_family(source)
+        model = family.models.get("model")
+        if model is None or not hasattr(model, "encode") or not hasattr(model, "decode"):
+            raise ConfigError(f"model.autoencoder={source!r} is a {family.config.family} run; latent diffusion needs an autoencoder or vae run")
+        if model.latent_dim % 16:
+            raise ConfigError(f"latent diffusion maps codes to c x 4 x 4: the autoencoder's latent_dim must be a multiple of 16, got {model.latent_dim}")
+        return model.eval().requires_grad_(False)
+
+    def to_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latent maps (N, latent_dim / 16, 4, 4)."""
+        self.autoencoder.to(images.device)
+        code = self.autoencoder.encode((images.float() + 1) / 2)
+        code = code[0] if isinstance(code, tuple) else code  # VAE: the posterior mean
+        return code.view(len(code), -1, 4, 4) * self.option("latent_scale")
+
+    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent maps -> decoded images in [0, 1]."""
+        self.autoencoder.to(latents.device)
+        return self.autoencoder.decode(latents.flatten(1).float() / self.option("latent_scale")).clamp(0, 1)
+
     def build(self) -> dict[str, torch.nn.Module]:
         arch = {**PRESETS[self.option("preset")], **{k: self.config.model[k] for k in ["block_out_channels", "layers_per_block", "attention"] if self.config.model.get(k) is not None}}
         classes = self.info.num_classes if self.option("class_conditional") else None
-        return {"unet": build_unet(self.info.image_size, self.info.channels, num_classes=classes, **arch)}
+        size, channels = (4, self.autoencoder.latent_dim // 16) if self.autoencoder is not None else (self.info.image_size, self.info.channels)
+        return {"unet": build_unet(size, channels, num_classes=classes, **arch)}
 
     def loss(self, part: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x0 = batch["image"]
+        x0 = batch["image"] if self.autoencoder is None else self.to_latent(batch["image"])
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator, device=x0.device)
@@ -147,7 +178,7 @@ class DiffusionFamily(Family):
             class_labels = torch.full((n,), self.null_label, dtype=torch.long)
         scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
         x = sample(pipe.unet, pipe.scheduler, n, steps or self.option("sample_steps"), generator, class_labels, scale, self.null_label)
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return self.from_latent(x) if self.autoencoder is not None else ((x.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -160,8 +191,11 @@ class DiffusionFamily(Family):
 
     def save(self, directory: str | Path) -> None:
         unet = unwrap(self.models["unet"])
-        if self.conditional:
-            GenkitDiffusionPipeline(unet, self.noise_scheduler, dict(enumerate(self.info.class_names))).save_pretrained(directory)
+        if self.autoencoder is not None:  # the decoder travels with the run, so it samples without the original folder
+            self.autoencoder.save_pretrained(Path(directory) / "autoencoder")
+        if self.conditional or self.autoencoder is not None:
+            id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
+            GenkitDiffusionPipeline(unet, self.noise_scheduler, id2label).save_pretrained(directory)
         else:
             DDPMPipeline(unet=unet, scheduler=self.noise_scheduler).save_pretrained(directory)
 
@@ -170,9 +204,16 @@ class DiffusionFamily(Family):
         directory = Path(directory)
         if not (directory / "unet").is_dir():
             raise FileNotFoundError(f"{directory} holds no diffusion pipeline (no unet/ folder)")
-        return {"unet": UNet2DModel.from_pretrained(str(directory / "unet"))}
+        models = {"unet": UNet2DModel.from_pretrained(str(directory / "unet"))}
+        if (directory / "autoencoder").is_dir():
+            models["autoencoder"] = cls._load_autoencoder_weights(directory / "autoencoder")
+        return models
 
     @staticmethod
-    def saved_pipeline_class(directory: str | Path) -> str:
-        """The pipeline class named in model_index.json."""
-        return json.loads((Path(directory) / "model_index.json").read_text())["_class_name"]
+    def _load_autoencoder_weights(directory: Path) -> torch.nn.Module:
+        from .autoencoder import AutoencoderFamily
+        from .vae import VAE
+
+        config = json.loads((directory / "config.json").read_text())
+        model = VAE.from_pretrained(str(directory)) if "decoder" in config else AutoencoderFamily.load_models(directory)["model"]
+        return model.eval().requires_grad_(False)
