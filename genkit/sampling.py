@@ -43,13 +43,15 @@ def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None =
     if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
     cls, extra = SCHEDULERS[name]
-    # few-step samplers need the last step to reach t=0: "trailing" spacing unless asked otherwise
-    spacing = timestep_spacing or ("leading" if name in ("ddpm",) else "trailing")
+    # each scheduler keeps its own default spacing unless asked: "trailing" starts at t=T-1, where epsilon models
+    # trained on squaredcos_cap_v2 (near-zero terminal SNR) divide their error by ~1e-4 and return noise
     config = dict(train_config)
+    if timestep_spacing:
+        config["timestep_spacing"] = timestep_spacing
     converts = name in NO_SAMPLE_PREDICTION and config.get("prediction_type") == "sample"
     if converts:  # the loop turns x0 predictions into epsilon for this scheduler
         config["prediction_type"] = "epsilon"
-    scheduler = cls.from_config(config, timestep_spacing=spacing, **extra)
+    scheduler = cls.from_config(config, **extra)
     scheduler.genkit_x0_to_epsilon = converts
     return scheduler
 

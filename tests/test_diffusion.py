@@ -62,10 +62,11 @@ def targets(k=2, size=8):
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_every_scheduler_lands_on_the_data(name, prediction_type):
+@pytest.mark.parametrize("spacing", [None, "trailing"])
+def test_every_scheduler_lands_on_the_data(name, prediction_type, spacing):
     truth = targets(1)
     unet = OracleUNet(truth, prediction_type)
-    scheduler = make_scheduler(name, {**TRAIN_SCHEDULE, "prediction_type": prediction_type})
+    scheduler = make_scheduler(name, {**TRAIN_SCHEDULE, "prediction_type": prediction_type}, timestep_spacing=spacing)
     steps = 100 if name == "ddpm" else 20
     x = sample(unet, scheduler, 4, steps, torch.Generator().manual_seed(1))
     assert (x - truth).abs().max() < 0.05, f"{name}/{prediction_type}: max error {(x - truth).abs().max():.3f}"
@@ -74,7 +75,7 @@ def test_every_scheduler_lands_on_the_data(name, prediction_type):
 def test_forgetting_scale_model_input_is_caught_by_the_oracle():
     # what DDPMPipeline does with Euler: no init_noise_sigma, no scale_model_input
     truth = targets(1)
-    unet, scheduler = OracleUNet(truth), make_scheduler("euler", TRAIN_SCHEDULE)
+    unet, scheduler = OracleUNet(truth), make_scheduler("euler", TRAIN_SCHEDULE, timestep_spacing="trailing")
     scheduler.set_timesteps(20)
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     for t in scheduler.timesteps:
