@@ -59,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for the plot and analysis.json (default: the run directory)")
     p.add_argument("--device", default="cpu")
+    p = sub.add_parser("push", help="upload a run to the Hugging Face Hub (weights, configs, grid, model card)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--repo-id", required=True, help="owner/name on the Hub")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.add_argument("--dry-run", metavar="FOLDER", default=None, help="write the exact folder that would be uploaded, upload nothing")
+
+    p = sub.add_parser("app", help="launch the Gradio app (sample, denoise, latents) on a run")
+    p.add_argument("run", nargs="?", default=None, help="run directory or Hub repo id to load at start")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true")
     return parser
 
 
@@ -78,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "push":
+            return _push(args)
+        if args.command == "app":
+            return _app(args)
     except (*USER_ERRORS, RunDirError, TrainingDiverged, ValueError) as err:
         print(f"genkit {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -201,6 +216,31 @@ def _analyze(args: argparse.Namespace) -> int:
         report["linear_ae_vs_pca"] = {"max_principal_angle_deg": float(angles.max()), "mean_principal_angle_deg": float(angles.mean())}
     (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import prepare_upload, push_run
+
+    if args.dry_run:
+        files = prepare_upload(args.run, args.repo_id, args.dry_run)
+        print(json.dumps({"dry_run": args.dry_run, "repo_id": args.repo_id, "private": args.private, "files": files}, indent=2))
+        return 0
+    print(push_run(args.run, args.repo_id, private=args.private, token=args.token))
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
+    if not path.is_file():
+        raise ConfigError(f"the Gradio app is not installed next to genkit ({path}); run it from a source checkout")
+    spec = importlib.util.spec_from_file_location("genkit_space_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    demo = module.build_demo(args.run)
+    demo.launch(server_port=args.port, share=args.share)
     return 0
 
 

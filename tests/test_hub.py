@@ -1,0 +1,96 @@
+"""Hub publishing, offline: HfApi is patched and the exact upload is inspected."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import HfApi
+
+from conftest import tiny_config
+from genkit.cli import main
+from genkit.engine import train
+
+
+@pytest.fixture(scope="module")
+def ae_run(tiny_idx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hub") / "ae"
+    train(tiny_config(tiny_idx, out, max_steps=4))
+    return out
+
+
+class Recorder:
+    """Stands in for the Hub: records calls and snapshots the folder handed to upload_folder."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.files, self.card = [], [], ""
+        monkeypatch.setattr(HfApi, "create_repo", self.create_repo)
+        monkeypatch.setattr(HfApi, "upload_folder", self.upload_folder)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        self.calls.append(("upload_folder", repo_id, kwargs))
+        root = Path(folder_path)
+        self.files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        self.card = (root / "README.md").read_text()
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+
+def front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---")[1])
+
+
+def test_push_uploads_exactly_the_model_files_and_card(ae_run, monkeypatch, capsys):
+    hub = Recorder(monkeypatch)
+    assert main(["push", str(ae_run), "--repo-id", "someone/genkit-ae", "--private"]) == 0
+    assert hub.calls[0] == ("create_repo", "someone/genkit-ae", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert hub.calls[1][0] == "upload_folder" and hub.calls[1][1] == "someone/genkit-ae"
+    assert hub.files == ["README.md", "config.json", "data_info.json", "loss_curve.png", "metrics.json", "model.safetensors",
+                         "samples.png", "training_config.json"]
+    meta = front_matter(hub.card)
+    assert meta["library_name"] == "genkit" and meta["pipeline_tag"] == "image-to-image" and meta["datasets"] == ["ylecun/mnist"]
+    assert "autoencoder" in meta["tags"] and "![samples](samples.png)" in hub.card
+    assert "## Metrics" in hub.card and "eval_loss" in hub.card and 'load_family("someone/genkit-ae")' in hub.card
+    assert "optimizer" not in " ".join(hub.files) and "checkpoints" not in " ".join(hub.files)
+
+
+def test_dry_run_writes_the_folder_and_uploads_nothing(ae_run, tmp_path, monkeypatch, capsys):
+    hub = Recorder(monkeypatch)
+    assert main(["push", str(ae_run), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "upload")]) == 0
+    assert hub.calls == []
+    listed = json.loads(capsys.readouterr().out)["files"]
+    assert sorted(str(p.relative_to(tmp_path / "upload")) for p in (tmp_path / "upload").rglob("*") if p.is_file()) == listed
+    from genkit.families.autoencoder import MLPAutoencoder
+
+    MLPAutoencoder.from_pretrained(str(tmp_path / "upload"))  # what is uploaded loads back
+    assert main(["push", str(ae_run), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "upload")]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_diffusion_card_and_files(tiny_idx, tmp_path, monkeypatch):
+    out = tmp_path / "diff"
+    train(tiny_config(tiny_idx, out, family="diffusion", model={"preset": "tiny", "sample_steps": 2}, data={"value_range": "-1,1"}, max_steps=2, num_samples=4))
+    hub = Recorder(monkeypatch)
+    from genkit.hub import push_run
+
+    push_run(out, "someone/genkit-ddpm")
+    assert {"model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"} <= set(hub.files)
+    meta = front_matter(hub.card)
+    assert meta["library_name"] == "diffusers" and meta["pipeline_tag"] == "unconditional-image-generation"
+    assert "DDPMPipeline.from_pretrained(\"someone/genkit-ddpm\")" in hub.card
+
+
+def test_push_errors_are_readable(tmp_path, capsys):
+    assert main(["push", str(tmp_path), "--repo-id", "a/b", "--dry-run", str(tmp_path / "o")]) == 2
+    assert "not a genkit run directory" in capsys.readouterr().err
+    assert main(["push", str(tmp_path), "--repo-id", "nonsense"]) == 2
+
+
+def test_push_to_hub_from_training(tiny_idx, tmp_path, monkeypatch):
+    hub = Recorder(monkeypatch)
+    train(tiny_config(tiny_idx, tmp_path / "run", max_steps=2, push_to_hub=True, hub_model_id="someone/auto", hub_private=True))
+    assert [c[0] for c in hub.calls] == ["create_repo", "upload_folder"] and hub.calls[0][2]["private"] is True
+    assert "model.safetensors" in hub.files
