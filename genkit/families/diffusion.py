@@ -169,16 +169,27 @@ class DiffusionFamily(Family):
         id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
         return GenkitDiffusionPipeline(unwrap(self.models["unet"]), sched, id2label)
 
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples in model space (pixels in [-1, 1] or latents) -> images in [0, 1]."""
+        return self.from_latent(x) if self.autoencoder is not None else ((x.float() + 1) / 2).clamp(0, 1)
+
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, scheduler: str | None = None,
-                 steps: int | None = None, guidance_scale: float | None = None, timestep_spacing: str | None = None) -> torch.Tensor:
-        """`n` images in [0, 1]; conditional models without labels sample the unconditional (null-label) model."""
+                 steps: int | None = None, guidance_scale: float | None = None, timestep_spacing: str | None = None,
+                 init_images: torch.Tensor | None = None, strength: float = 1.0, callback=None) -> torch.Tensor:
+        """`n` images in [0, 1]; conditional models without labels sample the unconditional (null-label) model.
+
+        `init_images` (in [0, 1]) with `strength` < 1 noises them to that level and denoises (SDEdit).
+        """
         pipe = self.pipeline(scheduler, timestep_spacing)
         if self.conditional and class_labels is None:
             class_labels = torch.full((n,), self.null_label, dtype=torch.long)
         scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
-        x = sample(pipe.unet, pipe.scheduler, n, steps or self.option("sample_steps"), generator, class_labels, scale, self.null_label)
-        return self.from_latent(x) if self.autoencoder is not None else ((x.float() + 1) / 2).clamp(0, 1)
+        if init_images is not None:
+            init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
+        x = sample(pipe.unet, pipe.scheduler, n, steps or self.option("sample_steps"), generator, class_labels, scale, self.null_label,
+                   init_images=init_images, strength=strength, callback=callback)
+        return self.to_images(x)
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
