@@ -114,6 +114,12 @@ def subspace_angles_to_pca(decoder_weight: np.ndarray, pca: PCA) -> np.ndarray:
     return np.degrees(subspace_angles(decoder_weight, pca.components_.T))
 
 
+def grid_points(n: int, span: float) -> torch.Tensor:
+    """An n x n grid over [-span, span]^2, row-major from the top-left (y decreasing downwards), shape (n*n, 2)."""
+    axis = torch.linspace(-span, span, n)
+    return torch.stack(torch.meshgrid(axis.flip(0), axis, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
+
+
 def to_flat(data: ImageTensors) -> np.ndarray:
     """uint8 images -> (N, pixels) floats in [0, 1]."""
     return (data.images.float() / 255.0).flatten(1).numpy()

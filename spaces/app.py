@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from genkit.config import ConfigError
 from genkit.corruption import CORRUPTIONS, corrupt
+from genkit.latents import grid_points
 from genkit.plots import make_grid
 from genkit.runs import load_family
 from genkit.sampling import SCHEDULERS
@@ -183,9 +184,7 @@ def latent_grid(source: str, n: float, span: float):
     family, model = _encoder(source)
     if getattr(model, "latent_dim", None) != 2:
         raise gr.Error(f"The latent grid needs a 2-D latent space; this model has {getattr(model, 'latent_dim', '?')} dimensions.")
-    axis = torch.linspace(-span, span, int(n))
-    grid = torch.stack(torch.meshgrid(axis.flip(0), axis, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
-    return to_pil_grid(model.decode(grid.to(DEVICE)).float().cpu(), int(n), 2)
+    return to_pil_grid(model.decode(grid_points(int(n), float(span)).to(DEVICE)).float().cpu(), int(n), 2)
 
 
 @torch.no_grad()

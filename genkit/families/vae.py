@@ -97,9 +97,9 @@ class VAE(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["genkit"
         """An n x n grid of decoded points over [-span, span]^2 (2-D latent spaces only)."""
         if self.latent_dim != 2:
             raise ValueError(f"latent_grid needs latent_dim=2, this model has {self.latent_dim}")
-        axis = torch.linspace(-span, span, n, device=self.to_mu.weight.device)
-        grid = torch.stack(torch.meshgrid(axis.flip(0), axis, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
-        return self.decode(grid)
+        from ..latents import grid_points
+
+        return self.decode(grid_points(n, span).to(self.to_mu.weight.device))
 
     @torch.no_grad()
     def importance_nll(self, x: torch.Tensor, k: int = 100, generator: torch.Generator | None = None) -> torch.Tensor:
