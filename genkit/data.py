@@ -8,6 +8,8 @@ one; batches are then made by indexing, with no per-sample PIL work in the train
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ BUILTIN = {  # name -> (Hub id, class names, folders searched for local IDX file
     "fashion_mnist": ("zalando-datasets/fashion_mnist", FASHION_MNIST_NAMES, ["/usr/share/datasets/fashion-mnist"]),
 }
 IDX_PREFIX = {"train": "train", "test": "t10k"}
+CACHE_VERSION = 1  # bump when the decoding changes
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -44,13 +47,10 @@ def load_image_dataset(source: str, split: str = "train", data_dir: str | None =
     """Load one split of any supported source as a Dataset with columns `image` (Image) and `label` (ClassLabel)."""
     name = source.lower().replace("-", "_")
     if name in BUILTIN:
-        hub_id, names, folders = BUILTIN[name]
-        candidates = [data_dir] if data_dir else [os.path.join(os.environ[v], name) for v in ["GENKIT_DATA_DIR"] if v in os.environ] + folders
-        for folder in candidates:
-            if folder and _find_idx(Path(folder), split):
-                return read_idx_folder(folder, split, names)
-        if data_dir:
-            raise DataSourceError(f"data_dir {data_dir!r} has no IDX files for split {split!r} (expected {IDX_PREFIX.get(split, split)}-images-idx3-ubyte[.gz] and the matching labels file)")
+        hub_id, names, _ = BUILTIN[name]
+        folder = locate_idx(name, split, data_dir)
+        if folder:
+            return read_idx_folder(folder, split, names)
         return _standardize(_load_hub(hub_id, split), names)
     path = Path(source).expanduser()
     if path.exists():
@@ -58,6 +58,17 @@ def load_image_dataset(source: str, split: str = "train", data_dir: str | None =
     if source.startswith((".", "/", "~")) or os.sep in source and source.count("/") != 1:
         raise DataSourceError(f"data source {source!r} does not exist")
     return _standardize(_load_hub(source, split))
+
+
+def locate_idx(name: str, split: str, data_dir: str | None) -> Path | None:
+    """The local IDX folder for a built-in data set: `data_dir`, else $GENKIT_DATA_DIR/<name>, else system folders."""
+    if data_dir:
+        if not _find_idx(Path(data_dir), split):
+            raise DataSourceError(f"data_dir {data_dir!r} has no IDX files for split {split!r} (expected "
+                                  f"{IDX_PREFIX.get(split, split)}-images-idx3-ubyte[.gz] and the matching labels file)")
+        return Path(data_dir)
+    env = [os.path.join(os.environ["GENKIT_DATA_DIR"], name)] if "GENKIT_DATA_DIR" in os.environ else []
+    return next((Path(f) for f in env + BUILTIN[name][2] if _find_idx(Path(f), split)), None)
 
 
 def read_idx_folder(folder: str | Path, split: str = "train", class_names: list[str] | None = None) -> datasets.Dataset:
@@ -230,8 +241,50 @@ def _fit(img: PILImage.Image, mode: str, size: int, resize: str) -> np.ndarray:
     return np.asarray(img.resize((size, size), PILImage.BILINEAR))
 
 
+def cache_dir() -> Path:
+    """genkit's cache ($GENKIT_CACHE, else ~/.cache/genkit): decoded splits and evaluation classifiers."""
+    return Path(os.environ.get("GENKIT_CACHE", Path.home() / ".cache" / "genkit"))
+
+
+def _local_files(cfg: DataConfig, split: str) -> list[Path] | None:
+    """The local files a split is read from (None for Hub sources, which are not cached here)."""
+    name = cfg.source.lower().replace("-", "_")
+    if name in BUILTIN:
+        folder = locate_idx(name, split, cfg.data_dir)
+        return list(_find_idx(folder, split)) if folder else None
+    path = Path(cfg.source).expanduser()
+    if not path.exists():
+        return None
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _cache_path(cfg: DataConfig, split: str, subset: int | None) -> Path | None:
+    files = _local_files(cfg, split)
+    if not files:
+        return None
+    stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = json.dumps([stamp, split, subset, cfg.image_size, cfg.resize, cfg.channels, sorted(cfg.exclude_labels), CACHE_VERSION])
+    return cache_dir() / "tensors" / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
+
+
 def load_split(cfg: DataConfig, split: str, subset: int | None = None) -> ImageTensors:
-    """Load, subset, filter and decode one split according to `cfg`."""
+    """Load, subset, filter and decode one split according to `cfg` (local sources: decoded once, then cached)."""
+    cached = _cache_path(cfg, split, subset)
+    if cached is not None and cached.is_file():
+        try:
+            return ImageTensors(**torch.load(cached, weights_only=True))
+        except Exception:  # a damaged cache entry is rebuilt, never fatal
+            logger.warning("ignoring unreadable cache entry %s", cached)
+    data = _decode_split(cfg, split, subset)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"images": data.images, "labels": data.labels, "class_names": data.class_names}, tmp)
+        tmp.replace(cached)  # atomic: concurrent processes never read a half-written file
+    return data
+
+
+def _decode_split(cfg: DataConfig, split: str, subset: int | None) -> ImageTensors:
     ds = load_image_dataset(cfg.source, split, cfg.data_dir)
     if cfg.exclude_labels:
         excluded = set(cfg.exclude_labels)

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import DataConfig, TrainConfig
-from .data import ImageTensors, load_split
+from .data import ImageTensors, cache_dir, load_split
 
 CLASSIFIER_EPOCHS = 3
-
-
-def cache_dir() -> Path:
-    """Where genkit keeps trained evaluation classifiers ($GENKIT_CACHE, else ~/.cache/genkit)."""
-    return Path(os.environ.get("GENKIT_CACHE", Path.home() / ".cache" / "genkit"))
 
 
 def classifier_data_config(data: DataConfig) -> DataConfig:

@@ -8,6 +8,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if "GENKIT_CACHE" not in os.environ:  # decoded splits and classifiers: one cache per test session, not the user's
+    import tempfile
+
+    os.environ["GENKIT_CACHE"] = tempfile.mkdtemp(prefix="genkit-test-cache-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

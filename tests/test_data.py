@@ -163,3 +163,22 @@ def test_real_mnist(mnist_dir):
     assert data.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(data.labels).tolist()[:3] == [980, 1135, 1032]
     assert abs(data.images.float().mean().item() / 255 - 0.1325) < 0.001
+
+
+def test_decoded_splits_are_cached_and_invalidated(tmp_path, monkeypatch):
+    from conftest import make_idx_folder
+
+    monkeypatch.setenv("GENKIT_CACHE", str(tmp_path / "cache"))
+    folder = make_idx_folder(tmp_path / "idx", n_train=64, n_test=16)
+    cfg = DataConfig(source="mnist", data_dir=str(folder))
+    first = load_split(cfg, "train")
+    entries = list((tmp_path / "cache" / "tensors").glob("*.pt"))
+    assert len(entries) == 1
+    again = load_split(cfg, "train")
+    assert torch.equal(first.images, again.images) and first.class_names == again.class_names
+    make_idx_folder(folder, n_train=32, n_test=16, seed=5)  # the files change: the cache must not answer
+    assert len(load_split(cfg, "train")) == 32
+    from genkit.data import _cache_path
+
+    _cache_path(cfg, "train", None).write_bytes(b"garbage")  # a damaged entry is rebuilt, not fatal
+    assert len(load_split(cfg, "train")) == 32
