@@ -187,6 +187,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data_dir:
         family.config.data.data_dir = args.data_dir
     result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, **_generation_options(args))
+    if Path(args.run).is_dir():  # kept beside the run: the model card shows it
+        (Path(args.run) / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

@@ -49,6 +49,7 @@ def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):
     result = json.loads(out[out.index("{"):])
     assert result["num_samples"] == 40 and result["fid"] > result["fid_real_floor"] >= 0
     assert 0 <= result["class_accuracy"] <= 1 and "kid" in result
+    assert json.loads((tmp_path / "run" / "eval_results.json").read_text()) == result
     assert main(["sample", str(tmp_path / "run"), "--n", "4", "--steps", "2", "--class-label", "3", "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").is_file()
     assert main(["sample", str(tmp_path / "run"), "--class-label", "cat"]) == 2
