@@ -43,11 +43,11 @@ def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None =
     if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
     cls, extra = SCHEDULERS[name]
-    # each scheduler keeps its own default spacing unless asked: "trailing" starts at t=T-1, where epsilon models
-    # trained on squaredcos_cap_v2 (near-zero terminal SNR) divide their error by ~1e-4 and return noise
+    # "leading" by default for every scheduler: "linspace"/"trailing" start at t=T-1, where a squaredcos_cap_v2
+    # schedule has alpha_bar ~ 2e-9 (sigma ~ 2e4) and epsilon errors are multiplied into noise. Passed as a keyword:
+    # from_config() replaces keys the training scheduler left at their defaults with the new class's defaults.
     config = dict(train_config)
-    if timestep_spacing:
-        config["timestep_spacing"] = timestep_spacing
+    extra = {**extra, "timestep_spacing": timestep_spacing or "leading"}
     converts = name in NO_SAMPLE_PREDICTION and config.get("prediction_type") == "sample"
     if converts:  # the loop turns x0 predictions into epsilon for this scheduler
         config["prediction_type"] = "epsilon"

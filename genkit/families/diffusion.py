@@ -59,7 +59,7 @@ class DiffusionFamily(Family):
             "preset": "small", "block_out_channels": None, "layers_per_block": None, "attention": None,
             "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
             "class_conditional": False, "label_dropout": 0.1,
-            "sampler": "dpm++", "sample_steps": 25, "guidance_scale": 2.0, "timestep_spacing": None,
+            "sampler": "euler_a", "sample_steps": 25, "guidance_scale": 2.0, "timestep_spacing": None,
             # latent diffusion: a genkit autoencoder / VAE run whose codes (latent_dim = 16 * c) become c x 4 x 4 maps
             "autoencoder": None, "latent_scale": 1.0,
         }
