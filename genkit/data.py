@@ -263,7 +263,7 @@ def _cache_path(cfg: DataConfig, split: str, subset: int | None) -> Path | None:
     if not files:
         return None
     stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = json.dumps([stamp, split, subset, cfg.image_size, cfg.resize, cfg.channels, sorted(cfg.exclude_labels), CACHE_VERSION])
+    key = json.dumps([cfg.source, stamp, split, subset, cfg.image_size, cfg.resize, cfg.channels, sorted(cfg.exclude_labels), CACHE_VERSION])
     return cache_dir() / "tensors" / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
 
 
