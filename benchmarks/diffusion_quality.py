@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from genkit.evaluation import class_accuracy, feature_distances, get_classifier, real_images, to_unit
+from genkit.evaluation import class_accuracy, feature_distances, get_classifier, real_pair
 from genkit.runs import load_family
 from genkit.sampling import SCHEDULERS
 
@@ -30,8 +30,8 @@ def main() -> None:
     family = load_family(args.run, args.device)
     data = family.config.data
     classifier = get_classifier(data, args.device)
-    real = to_unit(real_images(data, data.eval_split or "test", args.num_samples))
-    floor = feature_distances(real, to_unit(real_images(data, data.split, args.num_samples)), classifier)
+    real, other_real = real_pair(data, args.num_samples)
+    floor = feature_distances(real, other_real, classifier)
     labels = torch.arange(args.num_samples) % family.info.num_classes if family.conditional else None
     print(f"\nreal-vs-real floor: FID {floor['fid']:.3f}, KID {floor['kid']:.5f} ({args.num_samples} images, device {args.device})\n")
     print("| scheduler | steps | FID | KID | class accuracy | ms / image |")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import DataConfig, TrainConfig
+from .config import ConfigError, DataConfig, TrainConfig
 from .data import ImageTensors, cache_dir, load_split
 
 CLASSIFIER_EPOCHS = 3
@@ -88,6 +88,19 @@ def real_images(data: DataConfig, split: str, n: int, offset: int = 0) -> ImageT
     return loaded.select(torch.arange(offset, len(loaded)))
 
 
+def real_pair(data: DataConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint sets of real evaluation images in [0, 1]: the reference, and the other half of the real-vs-real floor.
+
+    Both come from the evaluation split: training images would sit closer to the classifier that was fitted on them.
+    """
+    split = data.eval_split or data.split
+    both = real_images(data, split, 2 * n)
+    if len(both) < 2 * n:
+        raise ConfigError(f"the {split!r} split has {len(both)} images: too few for two disjoint sets of {n}; lower the number of samples")
+    images = to_unit(both)
+    return images[:n], images[n:]
+
+
 def to_unit(images: ImageTensors) -> torch.Tensor:
     """uint8 images -> float in [0, 1]."""
     return images.images.float() / 255.0
@@ -99,8 +112,7 @@ def evaluate_generation(family, num_samples: int = 1000, device: str | torch.dev
     """FID/KID of `num_samples` generated images against the eval split, the real-vs-real floor, and class accuracy."""
     data = family.config.data
     classifier = get_classifier(data, device)
-    real = to_unit(real_images(data, data.eval_split or data.split, num_samples))
-    other_real = to_unit(real_images(data, data.split, num_samples))
+    real, other_real = real_pair(data, num_samples)
     generator = torch.Generator().manual_seed(seed)
     conditional = getattr(family, "conditional", False)
     labels = torch.arange(num_samples) % family.info.num_classes if conditional else None
