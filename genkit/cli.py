@@ -133,7 +133,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
             total += torch.nn.functional.mse_loss(recon, batch["image"], reduction="sum").item() / recon[0].numel()
             count += len(idx)
     first = make_batch(data, torch.arange(min(8, len(data))), data_cfg, torch.Generator(args.device).manual_seed(0))
-    out = Path(args.out or Path(family.config.output_dir if not Path(args.run).exists() else args.run) / "reconstructions.png")
+    out = Path(args.out or (Path(args.run) / "reconstructions.png" if Path(args.run).is_dir() else "reconstructions.png"))
     save_grid(torch.cat([first["input"], model.reconstruct(first["input"]).float()]), out, nrow=len(first["input"]))
     print(json.dumps({"split": args.split or data_cfg.eval_split, "images": count, "mse": total / count, "grid": str(out)}, indent=2))
     return 0

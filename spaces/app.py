@@ -199,7 +199,7 @@ def reconstruct(source: str, upload, invert: str):
 
 def build_demo(initial: str | None = None) -> gr.Blocks:
     """The Blocks app; `initial` is the run loaded at start."""
-    with gr.Blocks(title="genkit") as demo:
+    with gr.Blocks(title="genkit", analytics_enabled=False) as demo:
         gr.Markdown("# genkit\nSample, denoise and explore the latents of a genkit model (a run directory or a Hub repo id).")
         with gr.Row():
             source = gr.Textbox(label="Model (run directory or Hub repo id)", value=initial or "", scale=4)
