@@ -53,7 +53,7 @@ def test_models_round_trip_through_from_pretrained(tmp_path):
 
 
 def test_contractive_penalty_estimates_the_jacobian_norm():
-    config = TrainConfig.from_dict({"model": {"hidden_dims": [6], "linear": True, "contractive_weight": 1.0}})
+    config = TrainConfig.from_dict({"model": {"hidden_dims": [6], "linear": True, "loss": "mse", "contractive_weight": 1.0}})
     family = AutoencoderFamily(config, DataInfo(1, 4, ["a"]))
     weight = family.models["model"].encoder[0].weight
     exact = weight.pow(2).sum().item()  # a linear encoder's Jacobian is W
@@ -140,3 +140,20 @@ def test_linear_autoencoder_compared_with_pca(tmp_path):
     mse, pca = pca_baseline(data[:400], data[400:], 3)
     assert mse < 1e-3
     assert subspace_angles_to_pca(pca.components_.T, pca).max() < 1e-3
+
+
+def test_linear_autoencoder_cannot_beat_pca_on_its_training_data(tiny_idx, tmp_path):
+    from genkit.config import DataConfig
+    from genkit.data import load_split
+    from genkit.latents import pca_baseline, to_flat
+
+    train(tiny_config(tiny_idx, tmp_path / "lin", model={"hidden_dims": [8], "linear": True, "loss": "mse"}, max_steps=300,
+                      learning_rate=3e-3, eval_every=300, checkpoint_every=300))
+    model = load_family(str(tmp_path / "lin")).models["model"]
+    data = load_split(DataConfig(data_dir=str(tiny_idx)), "train")
+    flat = to_flat(data)
+    pca_mse, _ = pca_baseline(flat, flat, 8)
+    ae_mse = (model.reconstruct(torch.from_numpy(flat).view(-1, 1, 28, 28)).flatten(1).numpy() - flat).__pow__(2).mean()
+    assert 0.95 * pca_mse <= ae_mse < 3 * pca_mse  # PCA is the optimum among rank-8 linear maps; the AE gets close
+    with pytest.raises(ConfigError, match="set model.loss to 'mse'"):
+        train(tiny_config(tiny_idx, tmp_path / "bad", model={"hidden_dims": [8], "linear": True}))

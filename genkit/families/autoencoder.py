@@ -23,9 +23,15 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_r
 class ReconstructionMixin:
     """Shared by every autoencoder: `decode` and `reconstruct` from `encode` and `decode_logits`."""
 
+    linear = False  # a linear model's output is its last layer itself: that is what makes it equivalent to PCA
+
+    def output(self, logits: torch.Tensor) -> torch.Tensor:
+        """Last-layer values -> pixels: sigmoid, or identity for a linear model."""
+        return logits if self.linear else torch.sigmoid(logits)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Codes -> images in [0, 1]."""
-        return torch.sigmoid(self.decode_logits(z))
+        """Codes -> images (in [0, 1] except for a linear model)."""
+        return self.output(self.decode_logits(z))
 
     def forward(self, x: torch.Tensor, return_code: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Pixel logits of the reconstruction (sigmoid gives the image), and the code when asked."""
@@ -36,7 +42,7 @@ class ReconstructionMixin:
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> reconstructions in [0, 1]."""
-        return torch.sigmoid(self(x))
+        return self.output(self(x)).clamp(0, 1)
 
 
 def mlp(sizes: list[int], activation: str, dropout: float, last_activation: bool) -> nn.Sequential:
@@ -59,7 +65,7 @@ class MLPAutoencoder(ReconstructionMixin, nn.Module, PyTorchModelHubMixin, libra
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
-        self.image_shape = tuple(image_shape)
+        self.image_shape, self.linear = tuple(image_shape), linear
         self.latent_dim = hidden_dims[-1]
         dims = [math.prod(image_shape), *hidden_dims]
         act = "identity" if linear else activation
@@ -130,6 +136,8 @@ class AutoencoderFamily(Family):
                 raise ConfigError(f"model.{key} must be one of {allowed}, got {m[key]!r}")
         if m["linear"] and m["architecture"] != "mlp":
             raise ConfigError("model.linear applies to the mlp architecture")
+        if m["linear"] and m["loss"] != "mse":
+            raise ConfigError("a linear autoencoder has a linear output (the PCA equivalent): set model.loss to 'mse'")
         if config.data.value_range != "0,1":
             raise ConfigError("autoencoders reconstruct pixels in [0, 1] (sigmoid output): set data.value_range to '0,1'")
 
@@ -160,7 +168,7 @@ class AutoencoderFamily(Family):
         if self.option("loss") == "bce":
             loss = F.binary_cross_entropy_with_logits(logits, target)
         else:
-            loss = F.mse_loss(torch.sigmoid(logits), target)
+            loss = F.mse_loss(unwrap(model).output(logits), target)
         logs = {"recon": loss.detach()}
         if self.option("sparsity") == "l1":
             penalty = code.abs().mean()
@@ -182,10 +190,11 @@ class AutoencoderFamily(Family):
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        recon = unwrap(self.models["model"]).reconstruct(batch["input"]).float()
-        logits = unwrap(self.models["model"])(batch["input"]).float()
-        return {"eval_loss": F.binary_cross_entropy_with_logits(logits, batch["image"]).item() if self.option("loss") == "bce" else F.mse_loss(recon, batch["image"]).item(),
-                "eval_mse": F.mse_loss(recon, batch["image"]).item()}
+        model = unwrap(self.models["model"])
+        logits = model(batch["input"]).float()
+        mse = F.mse_loss(model.output(logits).clamp(0, 1), batch["image"]).item()
+        bce = self.option("loss") == "bce"
+        return {"eval_loss": F.binary_cross_entropy_with_logits(logits, batch["image"]).item() if bce else mse, "eval_mse": mse}
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
