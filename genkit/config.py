@@ -69,7 +69,7 @@ class TrainConfig:
     ema_decay: float | None = None
     log_every: int = 50
     eval_every: int | None = None  # steps; default: once per epoch
-    eval_batches: int = 20
+    eval_batches: int = 20  # batches per periodic evaluation; the final one covers the whole eval split
     sample_every: int | None = None  # steps; default: at each evaluation
     num_samples: int = 64
     checkpoint_every: int | None = None  # steps; default: once per epoch

@@ -154,7 +154,8 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             running, since_log = {}, 0
         if at_eval or at_end:
             with ema_weights(ema, family):
-                metrics = evaluate(family, eval_batches)
+                # the last evaluation covers the whole evaluation split: the final figures are test-set figures
+                metrics = evaluate(family, _eval_batches(eval_data, config, whole=True) if at_end else eval_batches)
                 if accelerator.is_main_process and (step % sample_every == 0 or at_end):
                     sample_generator.manual_seed(config.seed)
                     images, nrow = family.sample_grid(eval_batches[0], sample_generator)
@@ -195,13 +196,14 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
 
 
 def evaluate(family: Family, eval_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Mean of the family's metrics over the fixed evaluation batches (models in eval mode, then back)."""
+    """Mean of the family's metrics over the evaluation batches (models in eval mode, then back)."""
     for model in family.models.values():
         model.eval()
     totals: dict[str, float] = {}
-    for batch in eval_batches:
+    count = sum(len(batch["image"]) for batch in eval_batches)
+    for batch in eval_batches:  # weighted by batch size: the last batch may be short
         for key, value in family.evaluate(batch).items():
-            totals[key] = totals.get(key, 0.0) + value / len(eval_batches)
+            totals[key] = totals.get(key, 0.0) + value * len(batch["image"]) / count
     for model in family.models.values():
         model.train()
     return totals
@@ -264,10 +266,10 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     return cls(params, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay)
 
 
-def _eval_batches(eval_data, config: TrainConfig) -> list[dict[str, torch.Tensor]]:
+def _eval_batches(eval_data, config: TrainConfig, whole: bool = False) -> list[dict[str, torch.Tensor]]:
     """Fixed evaluation batches (corruption drawn once from a seeded generator), the same at every evaluation."""
     generator = torch.Generator(device=eval_data.images.device).manual_seed(config.seed + 1)
-    n = min(len(eval_data), config.eval_batches * config.batch_size)
+    n = len(eval_data) if whole else min(len(eval_data), config.eval_batches * config.batch_size)
     idx = torch.arange(n, device=eval_data.images.device)
     return [make_batch(eval_data, chunk, config.data, generator) for chunk in idx.split(config.batch_size)]
 
