@@ -12,7 +12,12 @@ import time
 
 import torch
 
-from genkit.evaluation import class_accuracy, feature_distances, get_classifier, real_pair
+from genkit.evaluation import (
+    class_accuracy,
+    feature_distances,
+    get_classifier,
+    real_pair,
+)
 from genkit.runs import load_family
 from genkit.sampling import SCHEDULERS
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from genkit.config import TrainConfig
 from genkit.engine import train
-from genkit.evaluation import evaluate_run
+from genkit.evaluation import evaluate_run, real_images, to_unit
 from genkit.latents import clustering_scores, encode, has_encoder
-from genkit.evaluation import real_images, to_unit
 from genkit.runs import load_family
 
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"

@@ -195,7 +195,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from .evaluation import real_images, to_unit
-    from .latents import clustering_scores, encode, has_encoder, pca_baseline, plot_embeddings, subspace_angles_to_pca, to_flat
+    from .latents import (
+        clustering_scores,
+        encode,
+        has_encoder,
+        pca_baseline,
+        plot_embeddings,
+        subspace_angles_to_pca,
+        to_flat,
+    )
     from .runs import load_family, resolve
 
     family = load_family(args.run, args.device)

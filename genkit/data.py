@@ -18,7 +18,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image as PILImage
 
 from .config import DataConfig

@@ -133,7 +133,14 @@ def evaluate_generation(family, num_samples: int = 1000, device: str | torch.dev
 def evaluate_reconstruction(family, num_images: int = 10000, pca_train: int = 10000, device: str | torch.device = "cpu") -> dict[str, float]:
     """Reconstruction MSE / PSNR on the eval split beside PCA with as many components as the model has latents."""
     from .corruption import corrupt
-    from .latents import anomaly_auroc, encode, pca_baseline, psnr, reconstruction_errors, to_flat
+    from .latents import (
+        anomaly_auroc,
+        encode,
+        pca_baseline,
+        psnr,
+        reconstruction_errors,
+        to_flat,
+    )
 
     data = family.config.data
     test = real_images(data, data.eval_split or data.split, num_images)

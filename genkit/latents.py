@@ -8,7 +8,11 @@ import numpy as np
 import torch
 from sklearn.cluster import DBSCAN, AgglomerativeClustering, KMeans
 from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
+from sklearn.metrics import (
+    adjusted_rand_score,
+    normalized_mutual_info_score,
+    roc_auc_score,
+)
 from sklearn.neighbors import NearestNeighbors
 
 from .data import ImageTensors

@@ -3,14 +3,13 @@
 import importlib.util
 import shutil
 import socket
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
-from conftest import tiny_config
 from genkit.engine import train
 
 APP = Path(__file__).resolve().parents[1] / "spaces" / "app.py"

@@ -1,7 +1,6 @@
 import gzip
 
 import datasets
-import numpy as np
 import pytest
 import torch
 

@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
 from conftest import tiny_config
+from diffusers import DDPMPipeline, DDPMScheduler
+
 from genkit.config import ConfigError
 from genkit.engine import train
 from genkit.families.diffusion import PRESETS, build_unet

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from genkit import checkpoint as ckpt
 from genkit import engine
 from genkit.engine import RunDirError, TrainingDiverged, freeze_all_but_last, train

@@ -2,11 +2,17 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from genkit.cli import main
 from genkit.config import DataConfig
-from genkit.evaluation import class_accuracy, feature_distances, get_classifier, real_images, to_unit
+from genkit.evaluation import (
+    class_accuracy,
+    feature_distances,
+    get_classifier,
+    real_images,
+    to_unit,
+)
 
 
 @pytest.fixture()

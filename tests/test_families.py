@@ -6,13 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from genkit.cli import main
 from genkit.config import ConfigError, TrainConfig
 from genkit.engine import train
 from genkit.families import DataInfo
-from genkit.families.autoencoder import AutoencoderFamily, ConvAutoencoder, MLPAutoencoder
+from genkit.families.autoencoder import (
+    AutoencoderFamily,
+    ConvAutoencoder,
+    MLPAutoencoder,
+)
 from genkit.families.gan import Discriminator, Generator
 from genkit.families.rbm import BernoulliRBM
 from genkit.families.vae import VAE
@@ -66,8 +70,8 @@ def test_kl_sparsity_drives_activations_to_the_target(tiny_idx, tmp_path):
     train(tiny_config(tiny_idx, tmp_path / "run", model={"hidden_dims": [128], "sparsity": "kl", "sparsity_weight": 1.0, "sparsity_target": 0.05},
                       max_steps=80, learning_rate=3e-3))
     model = load_family(str(tmp_path / "run")).models["model"]
-    from genkit.data import load_split
     from genkit.config import DataConfig
+    from genkit.data import load_split
 
     data = load_split(DataConfig(data_dir=str(tiny_idx)), "test")
     mean_activation = model.encode(data.images.float() / 255).mean().item()

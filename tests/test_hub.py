@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_config
 from huggingface_hub import HfApi
 
-from conftest import tiny_config
 from genkit.cli import main
 from genkit.engine import train
 
