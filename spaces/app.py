@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Iterator
 from functools import lru_cache
 
 import gradio as gr
@@ -17,6 +18,7 @@ from PIL import Image, ImageOps
 
 from genkit.config import ConfigError
 from genkit.corruption import CORRUPTIONS, corrupt
+from genkit.families import Family
 from genkit.latents import grid_points
 from genkit.plots import make_grid
 from genkit.runs import load_family
@@ -32,7 +34,7 @@ def _cached(source: str):
     return load_family(source, DEVICE)
 
 
-def get_family(source: str):
+def get_family(source: str) -> Family:
     """The loaded run, or a readable error for the UI."""
     if not source or not source.strip():
         raise gr.Error("Enter a run directory or a Hub repo id first.")
@@ -70,7 +72,7 @@ def _labels(family, choice: str, n: int) -> torch.Tensor | None:
     return torch.full((n,), family.info.class_names.index(choice), dtype=torch.long)
 
 
-def sample(source: str, scheduler: str, steps: float, class_label: str, guidance_scale: float, seed: float, num_images: float):
+def sample(source: str, scheduler: str, steps: float, class_label: str, guidance_scale: float, seed: float, num_images: float) -> Iterator[Image.Image]:
     """Generate images; diffusion streams the progressive denoising."""
     family = get_family(source)
     n, steps = int(num_images), int(steps)
@@ -134,7 +136,7 @@ def read_image(upload, sketch, invert: str, size: int, channels: int) -> torch.T
     return torch.from_numpy(array)[None]
 
 
-def denoise(source: str, upload, sketch, invert: str, noise_type: str, noise_level: float, strength: float, steps: float, seed: float):
+def denoise(source: str, upload, sketch, invert: str, noise_type: str, noise_level: float, strength: float, steps: float, seed: float) -> tuple[Image.Image, Image.Image]:
     """Corrupt the image, then restore it: diffusion (noise to a level, reverse) or an autoencoder (one pass)."""
     family = get_family(source)
     x = read_image(upload, sketch, invert, family.info.image_size, family.info.channels)
@@ -168,7 +170,7 @@ def _code(model, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolate(source: str, first, second, invert: str, steps: float):
+def interpolate(source: str, first, second, invert: str, steps: float) -> Image.Image:
     """Decode the straight line between the codes of two images."""
     family, model = _encoder(source)
     size, channels = family.info.image_size, family.info.channels
@@ -179,7 +181,7 @@ def interpolate(source: str, first, second, invert: str, steps: float):
 
 
 @torch.no_grad()
-def latent_grid(source: str, n: float, span: float):
+def latent_grid(source: str, n: float, span: float) -> Image.Image:
     """Decode an n x n grid over a 2-D latent space."""
     family, model = _encoder(source)
     if getattr(model, "latent_dim", None) != 2:
@@ -188,7 +190,7 @@ def latent_grid(source: str, n: float, span: float):
 
 
 @torch.no_grad()
-def reconstruct(source: str, upload, invert: str):
+def reconstruct(source: str, upload, invert: str) -> tuple[Image.Image, float]:
     """Reconstruction and its anomaly score (mean squared error; high = unlike the training data)."""
     family, model = _encoder(source)
     x = read_image(upload, None, invert, family.info.image_size, family.info.channels)

@@ -119,6 +119,7 @@ class AutoencoderFamily(Family):
 
     @classmethod
     def model_options(cls) -> dict[str, Any]:
+        """The keys accepted under `model:`, with their defaults."""
         return {
             "architecture": "mlp", "hidden_dims": [64, 32], "latent_dim": 32, "width": 32, "activation": "relu",
             "dropout": 0.0, "linear": False, "loss": "bce",
@@ -129,6 +130,7 @@ class AutoencoderFamily(Family):
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
+        """Reject options this family cannot use, naming the fix."""
         super().check_config(config)
         m = {**cls.model_options(), **config.model}
         for key, allowed in [("architecture", ["mlp", "conv"]), ("loss", ["bce", "mse"]), ("sparsity", [None, "l1", "kl"]), ("activation", list(ACTIVATIONS))]:
@@ -143,6 +145,7 @@ class AutoencoderFamily(Family):
 
     @classmethod
     def load_models(cls, directory) -> dict[str, nn.Module]:
+        """Read back what `save` wrote."""
         import json
         from pathlib import Path
 
@@ -151,6 +154,7 @@ class AutoencoderFamily(Family):
         return {"model": klass.from_pretrained(str(directory))}
 
     def build(self) -> dict[str, nn.Module]:
+        """Fresh modules for this family."""
         shape = list(self.info.image_shape)
         if self.option("architecture") == "conv":
             return {"model": ConvAutoencoder(shape, self.option("latent_dim"), self.option("width"), self.option("dropout"))}
@@ -158,6 +162,7 @@ class AutoencoderFamily(Family):
         return {"model": MLPAutoencoder(shape, self.option("hidden_dims"), self.option("activation"), self.option("dropout"), self.option("linear"), code)}
 
     def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise for `part` on a batch, and values to log."""
         model = self.models["model"]
         x, target = batch["input"], batch["image"]
         contractive = self.option("contractive_weight")
@@ -190,6 +195,7 @@ class AutoencoderFamily(Family):
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Validation metrics on one batch."""
         model = unwrap(self.models["model"])
         logits = model(batch["input"]).float()
         mse = F.mse_loss(model.output(logits).clamp(0, 1), batch["image"]).item()

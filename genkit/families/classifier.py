@@ -43,24 +43,29 @@ class ClassifierFamily(Family):
 
     @classmethod
     def model_options(cls) -> dict[str, Any]:
+        """The keys accepted under `model:`, with their defaults."""
         return {"width": 32, "num_features": 128}
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
+        """Reject options this family cannot use, naming the fix."""
         super().check_config(config)
         if config.data.value_range != "0,1":
             raise ConfigError("the classifier reads images in [0, 1]: set data.value_range to '0,1'")
 
     def build(self) -> dict[str, nn.Module]:
+        """Fresh modules for this family."""
         i = self.info
         return {"model": SmallCNN(i.channels, i.image_size, i.num_classes, self.option("width"), self.option("num_features"))}
 
     def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise for `part` on a batch, and values to log."""
         logits = self.models["model"](batch["input"]).float()
         return F.cross_entropy(logits, batch["label"]), {}
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Validation metrics on one batch."""
         logits = unwrap(self.models["model"])(batch["input"]).float()
         return {"eval_loss": F.cross_entropy(logits, batch["label"]).item(),
                 "eval_accuracy": (logits.argmax(1) == batch["label"]).float().mean().item()}

@@ -55,6 +55,7 @@ class DiffusionFamily(Family):
 
     @classmethod
     def model_options(cls) -> dict[str, Any]:
+        """The keys accepted under `model:`, with their defaults."""
         return {
             "preset": "small", "block_out_channels": None, "layers_per_block": None, "attention": None,
             "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
@@ -66,6 +67,7 @@ class DiffusionFamily(Family):
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
+        """Reject options this family cannot use, naming the fix."""
         super().check_config(config)
         m = {**cls.model_options(), **config.model}
         if m["preset"] not in PRESETS:
@@ -128,12 +130,14 @@ class DiffusionFamily(Family):
         return self.autoencoder.decode(latents.flatten(1).float() / self.option("latent_scale")).clamp(0, 1)
 
     def build(self) -> dict[str, torch.nn.Module]:
+        """Fresh modules for this family."""
         arch = {**PRESETS[self.option("preset")], **{k: self.config.model[k] for k in ["block_out_channels", "layers_per_block", "attention"] if self.config.model.get(k) is not None}}
         classes = self.info.num_classes if self.option("class_conditional") else None
         size, channels = (4, self.autoencoder.latent_dim // 16) if self.autoencoder is not None else (self.info.image_size, self.info.channels)
         return {"unet": build_unet(size, channels, num_classes=classes, **arch)}
 
     def loss(self, part: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise for `part` on a batch, and values to log."""
         x0 = batch["image"] if self.autoencoder is None else self.to_latent(batch["image"])
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
@@ -159,6 +163,7 @@ class DiffusionFamily(Family):
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         # fixed noise and timesteps, so evaluations are comparable across steps and leave the training RNG alone
+        """Validation metrics on one batch."""
         generator = torch.Generator(device=batch["image"].device).manual_seed(0)
         loss, _ = self.loss("unet", batch, generator)
         return {"eval_loss": loss.item()}
@@ -201,6 +206,7 @@ class DiffusionFamily(Family):
         return self.generate(n, generator, labels), nrow
 
     def save(self, directory: str | Path) -> None:
+        """Export the pipeline (and, for latent diffusion, its autoencoder) into `directory`."""
         unet = unwrap(self.models["unet"])
         if self.autoencoder is not None:  # the decoder travels with the run, so it samples without the original folder
             self.autoencoder.save_pretrained(Path(directory) / "autoencoder")
@@ -212,6 +218,7 @@ class DiffusionFamily(Family):
 
     @classmethod
     def load_models(cls, directory: str | Path) -> dict[str, torch.nn.Module]:
+        """Read back what `save` wrote."""
         directory = Path(directory)
         if not (directory / "unet").is_dir():
             raise FileNotFoundError(f"{directory} holds no diffusion pipeline (no unet/ folder)")

@@ -85,10 +85,12 @@ class GANFamily(Family):
 
     @classmethod
     def model_options(cls) -> dict[str, Any]:
+        """The keys accepted under `model:`, with their defaults."""
         return {"architecture": "dcgan", "latent_dim": 64, "width": 64, "conditional": False, "loss": "non_saturating", "r1_gamma": 0.0}
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
+        """Reject options this family cannot use, naming the fix."""
         super().check_config(config)
         m = {**cls.model_options(), **config.model}
         if m["architecture"] not in ("mlp", "dcgan"):
@@ -104,6 +106,7 @@ class GANFamily(Family):
         return unwrap(self.models["generator"]).num_classes is not None
 
     def build(self) -> dict[str, nn.Module]:
+        """Fresh modules for this family."""
         shape, arch, width = list(self.info.image_shape), self.option("architecture"), self.option("width")
         classes = self.info.num_classes if self.option("conditional") else None
         return {"discriminator": Discriminator(shape, arch, width, classes), "generator": Generator(shape, self.option("latent_dim"), arch, width, classes)}
@@ -113,6 +116,7 @@ class GANFamily(Family):
         return self.models["generator"](z, labels)
 
     def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise for `part` on a batch, and values to log."""
         real = batch["image"]
         labels = batch["label"] if self.conditional else None
         D, hinge = self.models["discriminator"], self.option("loss") == "hinge"
@@ -140,6 +144,7 @@ class GANFamily(Family):
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         # GAN losses do not measure quality; report D's view on held-out real vs fixed-noise fakes (FID: `genkit eval`)
+        """Validation metrics on one batch."""
         G, D = unwrap(self.models["generator"]), unwrap(self.models["discriminator"])
         real, labels = batch["image"], batch["label"] if self.conditional else None
         g = torch.Generator(real.device).manual_seed(0)
@@ -149,6 +154,7 @@ class GANFamily(Family):
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        """`n` new images in [0, 1]."""
         G = unwrap(self.models["generator"])
         device = next(G.parameters()).device
         if self.conditional and class_labels is None:

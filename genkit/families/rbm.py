@@ -72,10 +72,12 @@ class RBMFamily(Family):
 
     @classmethod
     def model_options(cls) -> dict[str, Any]:
+        """The keys accepted under `model:`, with their defaults."""
         return {"hidden": 256, "cd_k": 1, "persistent": False, "binarize": True, "sample_steps": 1000}
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
+        """Reject options this family cannot use, naming the fix."""
         super().check_config(config)
         if config.data.value_range != "0,1":
             raise ConfigError("an RBM models pixels as Bernoulli in [0, 1]: set data.value_range to '0,1'")
@@ -87,9 +89,11 @@ class RBMFamily(Family):
         self.chains: torch.Tensor | None = None  # persistent chains (PCD); restarted from data after a resume
 
     def build(self) -> dict[str, nn.Module]:
+        """Fresh modules for this family."""
         return {"model": BernoulliRBM(list(self.info.image_shape), self.option("hidden"))}
 
     def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise for `part` on a batch, and values to log."""
         rbm = unwrap(self.models["model"])
         v = batch["input"].flatten(1).float()
         if self.option("binarize"):
@@ -111,6 +115,7 @@ class RBMFamily(Family):
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Validation metrics on one batch."""
         rbm = unwrap(self.models["model"])
         x = batch["image"]
         recon = rbm.reconstruct(x)
@@ -130,6 +135,7 @@ class RBMFamily(Family):
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, steps: int | None = None, **options: Any) -> torch.Tensor:
+        """`n` new images in [0, 1]."""
         rbm = unwrap(self.models["model"])
         g = torch.Generator(rbm.W.device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
         return rbm.sample(n, steps or self.option("sample_steps"), g)

@@ -124,10 +124,12 @@ class VAEFamily(Family):
 
     @classmethod
     def model_options(cls) -> dict[str, Any]:
+        """The keys accepted under `model:`, with their defaults."""
         return {"latent_dim": 16, "architecture": "mlp", "hidden_dims": [512, 256], "width": 32, "decoder": "bernoulli", "beta": 1.0}
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
+        """Reject options this family cannot use, naming the fix."""
         super().check_config(config)
         m = {**cls.model_options(), **config.model}
         if m["architecture"] not in ("mlp", "conv") or m["decoder"] not in ("bernoulli", "gaussian"):
@@ -138,16 +140,19 @@ class VAEFamily(Family):
             raise ConfigError("VAEs model pixels in [0, 1]: set data.value_range to '0,1'")
 
     def build(self) -> dict[str, nn.Module]:
+        """Fresh modules for this family."""
         keys = ["latent_dim", "architecture", "hidden_dims", "width", "decoder"]
         return {"model": VAE(list(self.info.image_shape), **{k: self.option(k) for k in keys})}
 
     def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # with data.corruption the encoder sees the corrupted input and the likelihood is of the clean image
+        """The loss to minimise for `part` on a batch, and values to log."""
         out = self.models["model"](batch["input"], beta=self.option("beta"), target=batch["image"])
         return out["loss"].mean(), {"recon": out["recon"].mean().detach(), "kl": out["kl"].mean().detach()}
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Validation metrics on one batch."""
         model = unwrap(self.models["model"])
         # the one-sample ELBO estimate is noisy: fixed draws make evaluations comparable
         out = model(batch["image"], beta=1.0, generator=torch.Generator(batch["image"].device).manual_seed(0))
@@ -157,6 +162,7 @@ class VAEFamily(Family):
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        """`n` new images in [0, 1]."""
         return unwrap(self.models["model"]).sample(n, generator)
 
     @torch.no_grad()
