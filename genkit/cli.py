@@ -173,7 +173,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise ConfigError("--n must be >= 1")
     family = load_family(args.run, args.device)
     labels = _class_labels(family, args.class_label, args.n)
-    images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **_generation_options(args))
+    try:
+        images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **_generation_options(args))
+    except NotImplementedError as err:
+        raise ConfigError(f"{err}: use `genkit reconstruct` for autoencoders") from None
     path = save_grid(images, args.out, nrow=min(10, args.n) if labels is not None else 8)
     print(json.dumps({"images": args.n, "grid": str(path)}))
     return 0
