@@ -79,24 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import RunDirError, TrainingDiverged
 
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "reconstruct":
-            return _reconstruct(args)
-        if args.command == "sample":
-            return _sample(args)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "analyze":
-            return _analyze(args)
-        if args.command == "push":
-            return _push(args)
-        if args.command == "app":
-            return _app(args)
+        handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "analyze": _analyze,
+                   "push": _push, "app": _app}[args.command]
+        return handler(args)
     except (*USER_ERRORS, RunDirError, TrainingDiverged, ValueError) as err:
         print(f"genkit {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -115,15 +103,12 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     from .data import load_split, make_batch
     from .plots import save_grid
-    from .runs import load_family
 
-    family = load_family(args.run, args.device)
-    model = family.models["model"]
+    family = _load_run(args)
+    model = family.models.get("model")
     if not hasattr(model, "reconstruct"):
         raise ConfigError(f"{args.run} is a {family.config.family} run; reconstruct needs an autoencoder-like model")
     data_cfg = family.config.data
-    if args.data_dir:
-        data_cfg.data_dir = args.data_dir
     data = load_split(data_cfg, args.split or data_cfg.eval_split or data_cfg.split).to(args.device)
     total, count = 0.0, 0
     with torch.no_grad():
@@ -140,39 +125,29 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _generation_options(args: argparse.Namespace) -> dict:
-    names = {"scheduler": "scheduler", "steps": "steps", "guidance_scale": "guidance_scale", "timestep_spacing": "timestep_spacing"}
-    return {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr, None) is not None}
+    names = ("scheduler", "steps", "guidance_scale", "timestep_spacing")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def _class_labels(family, value: str | None, n: int):
-    import torch
+def _load_run(args: argparse.Namespace):
+    """The run's family on --device, reading its data from --data-dir when given."""
+    from .runs import load_family
 
-    if value is None:
-        return None
-    if not getattr(family, "conditional", False):
-        raise ConfigError(f"{family.config.family} run is not class-conditional: drop --class-label")
-    if value == "all":
-        return torch.arange(n) % family.info.num_classes
-    names = family.info.class_names
-    if value in names:
-        index = names.index(value)
-    elif value.isdigit() and int(value) < len(names):
-        index = int(value)
-    else:
-        raise ConfigError(f"--class-label {value!r} is neither a class index below {len(names)} nor one of {names}")
-    return torch.full((n,), index, dtype=torch.long)
+    family = load_family(args.run, args.device)
+    if getattr(args, "data_dir", None):
+        family.config.data.data_dir = args.data_dir
+    return family
 
 
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from .plots import save_grid
-    from .runs import load_family
 
     if args.n < 1:
         raise ConfigError("--n must be >= 1")
-    family = load_family(args.run, args.device)
-    labels = _class_labels(family, args.class_label, args.n)
+    family = _load_run(args)
+    labels = family.class_labels(args.class_label, args.n)
     try:
         images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **_generation_options(args))
     except NotImplementedError as err:
@@ -184,11 +159,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_run
-    from .runs import load_family
 
-    family = load_family(args.run, args.device)
-    if args.data_dir:
-        family.config.data.data_dir = args.data_dir
+    family = _load_run(args)
     result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, **_generation_options(args))
     if Path(args.run).is_dir():  # kept beside the run: the model card shows it
         (Path(args.run) / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -207,14 +179,12 @@ def _analyze(args: argparse.Namespace) -> int:
         subspace_angles_to_pca,
         to_flat,
     )
-    from .runs import load_family, resolve
+    from .runs import resolve
 
-    family = load_family(args.run, args.device)
+    family = _load_run(args)
     if not has_encoder(family):
         raise ConfigError(f"{args.run} is a {family.config.family} run: latent analysis needs an encoder (autoencoder, vae, rbm)")
     data = family.config.data
-    if args.data_dir:
-        data.data_dir = args.data_dir
     test = real_images(data, data.eval_split or data.split, args.num_images)
     latents = encode(family, to_unit(test))
     labels = test.labels.numpy()

@@ -62,14 +62,15 @@ def feature_distances(real: torch.Tensor, fake: torch.Tensor, classifier: nn.Mod
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
+    device = next(classifier.parameters()).device
     extractor = ClassifierFeatures(classifier).eval()
     subset = min(len(real), len(fake), 1000)
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True).to(next(classifier.parameters()).device)
-    kid = KernelInceptionDistance(feature=extractor, normalize=True, subset_size=max(2, subset // 2), subsets=20).to(next(classifier.parameters()).device)
+    fid = FrechetInceptionDistance(feature=extractor, normalize=True).to(device)
+    kid = KernelInceptionDistance(feature=extractor, normalize=True, subset_size=max(2, subset // 2), subsets=20).to(device)
     for metric in (fid, kid):
         for images, is_real in ((real, True), (fake, False)):
             for chunk in images.split(batch_size):
-                metric.update(chunk.to(next(classifier.parameters()).device), real=is_real)
+                metric.update(chunk.to(device), real=is_real)
     kid_mean, kid_std = kid.compute()
     return {"fid": fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item()}
 
@@ -114,8 +115,7 @@ def evaluate_generation(family, num_samples: int = 1000, device: str | torch.dev
     classifier = get_classifier(data, device)
     real, other_real = real_pair(data, num_samples)
     generator = torch.Generator().manual_seed(seed)
-    conditional = getattr(family, "conditional", False)
-    labels = torch.arange(num_samples) % family.info.num_classes if conditional else None
+    labels = torch.arange(num_samples) % family.info.num_classes if family.conditional else None
     chunks = []
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)

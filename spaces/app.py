@@ -48,7 +48,7 @@ def get_family(source: str) -> Family:
 def describe(source: str) -> tuple[str, gr.Dropdown]:
     """Model summary and the class-label choices for the Sample tab."""
     family = get_family(source)
-    conditional = getattr(family, "conditional", False)
+    conditional = family.conditional
     info = family.info
     text = (f"**{family.config.family}** model, {info.image_size}x{info.image_size}, {info.channels} channel(s); "
             f"{'class-conditional over ' + str(info.num_classes) + ' classes' if conditional else 'unconditional'}.")
@@ -62,14 +62,14 @@ def to_pil_grid(images: torch.Tensor, nrow: int = 8, scale: int = 4) -> Image.Im
     return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
 
 
-def _labels(family, choice: str, n: int) -> torch.Tensor | None:
-    if not getattr(family, "conditional", False) or choice in (None, "(none)"):
-        return None
-    if choice == "(one of each)":
-        return torch.arange(n) % family.info.num_classes
-    if choice not in family.info.class_names:
-        raise gr.Error(f"Unknown class {choice!r}.")
-    return torch.full((n,), family.info.class_names.index(choice), dtype=torch.long)
+def _labels(family: Family, choice: str, n: int) -> torch.Tensor | None:
+    choice = {"(none)": None, "(one of each)": "all"}.get(choice, choice)
+    if not family.conditional:
+        return None  # the dropdown may still hold a choice from a conditional model loaded before
+    try:
+        return family.class_labels(choice, n)
+    except ValueError as err:
+        raise gr.Error(str(err)) from None
 
 
 def sample(source: str, scheduler: str, steps: float, class_label: str, guidance_scale: float, seed: float, num_images: float) -> Iterator[Image.Image]:

@@ -33,11 +33,6 @@ class DataInfo:
         """(C, H, W)."""
         return (self.channels, self.image_size, self.image_size)
 
-    @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
-        """`n` new images in [0, 1] (generative families only)."""
-        raise NotImplementedError(f"the {self.name} family does not generate new images")
-
     def save(self, directory: str | Path) -> None:
         """Write `data_info.json`."""
         (Path(directory) / "data_info.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -61,6 +56,7 @@ class Family:
     parts: ClassVar[tuple[str, ...]] = ("model",)  # one optimizer per part, stepped in this order
     ema_part: ClassVar[str] = "model"  # the part whose EMA is used for sampling and saved at the end
     metric_for_eval: ClassVar[str] = "eval_loss"
+    conditional: bool = False  # class-conditional families override this with a property
 
     def __init__(self, config: TrainConfig, info: DataInfo, models: dict[str, nn.Module] | None = None):
         self.config, self.info = config, info
@@ -104,6 +100,23 @@ class Family:
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """Images in [0, 1] for the progress grid, and the number per row."""
         raise NotImplementedError
+
+    def class_labels(self, choice: str | None, n: int) -> torch.Tensor | None:
+        """`n` labels from a user's choice: None, "all" (cycle through the classes), a class name or a class index."""
+        if choice is None:
+            return None
+        if not self.conditional:
+            raise ValueError(f"this {self.name} run is not class-conditional: it takes no class label")
+        names = self.info.class_names
+        if choice == "all":
+            return torch.arange(n) % len(names)
+        if choice in names:
+            index = names.index(choice)
+        elif choice.isdigit() and int(choice) < len(names):
+            index = int(choice)
+        else:
+            raise ValueError(f"class label {choice!r} is neither a class index below {len(names)} nor one of {names}")
+        return torch.full((n,), index, dtype=torch.long)
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
