@@ -43,6 +43,13 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path:
     return path
 
 
+def check_belongs(checkpoint: Path, state: dict[str, Any], run_id: str | None) -> None:
+    """Refuse a checkpoint written by another run than the one in the output directory."""
+    if run_id is not None and state.get("run_id") != run_id:
+        raise CheckpointError(f"{checkpoint} belongs to another run than the one in this output directory "
+                              f"(run id {state.get('run_id')} vs {run_id}); resume from one of this run's checkpoints")
+
+
 def temp_dir(run_dir: str | Path, step: int) -> Path:
     """The temporary folder next to the final one (same filesystem, so the rename is atomic)."""
     return Path(run_dir) / "checkpoints" / f".tmp-step-{step:07d}"

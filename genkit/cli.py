@@ -12,6 +12,7 @@ from .config import ConfigError, TrainConfig
 from .data import DataSourceError
 
 USER_ERRORS = (ConfigError, DataSourceError, CheckpointError, FileNotFoundError)
+MAX_GRID_IMAGES = 1024  # `genkit sample` writes one grid; more images than this is no longer a picture
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     p.add_argument("--dry-run", metavar="FOLDER", default=None, help="write the exact folder that would be uploaded, upload nothing")
 
+    p = sub.add_parser("space", help="write (and upload) a deployable Gradio Space that serves genkit models")
+    p.add_argument("--repo-id", required=True, help="owner/name of the Space on the Hub")
+    p.add_argument("--model", action="append", default=[], metavar="OWNER/MODEL", help="Hub model the Space offers (repeatable)")
+    p.add_argument("--only-listed", action="store_true", help="serve only the --model ids (visitors cannot enter other Hub ids)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.add_argument("--dry-run", metavar="FOLDER", default=None, help="write the exact Space folder, upload nothing")
+
     p = sub.add_parser("app", help="launch the Gradio app (sample, denoise, latents) on a run")
     p.add_argument("run", nargs="?", default=None, help="run directory or Hub repo id to load at start")
     p.add_argument("--port", type=int, default=7860)
@@ -80,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "analyze": _analyze,
-                   "push": _push, "app": _app}[args.command]
+                   "push": _push, "space": _space, "app": _app}[args.command]
         return handler(args)
     except (*USER_ERRORS, RunDirError, TrainingDiverged, ValueError) as err:
         print(f"genkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full or read-only disk, a file that vanished: the reason, not a traceback
+        print(f"genkit {args.command}: error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
         return 2
 
 
@@ -95,6 +107,10 @@ def _train(args: argparse.Namespace) -> int:
         config.output_dir = args.output_dir
     summary = train(config, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
+    if summary["stop_reason"] == "interrupted":
+        print(f"genkit train: interrupted at step {summary['step']}; checkpoint saved. Continue with: genkit train --config "
+              f"{Path(config.output_dir) / 'training_config.json'} --resume latest", file=sys.stderr)
+        return 130  # the shell's code for Ctrl-C
     return 0
 
 
@@ -125,6 +141,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _generation_options(args: argparse.Namespace) -> dict:
+    if getattr(args, "steps", None) is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     names = ("scheduler", "steps", "guidance_scale", "timestep_spacing")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
@@ -144,12 +162,13 @@ def _sample(args: argparse.Namespace) -> int:
 
     from .plots import save_grid
 
-    if args.n < 1:
-        raise ConfigError("--n must be >= 1")
+    if not 1 <= args.n <= MAX_GRID_IMAGES:
+        raise ConfigError(f"--n must be between 1 and {MAX_GRID_IMAGES} (one grid image); `genkit eval --num-samples` scores larger sets")
+    options = _generation_options(args)
     family = _load_run(args)
     labels = family.class_labels(args.class_label, args.n)
     try:
-        images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **_generation_options(args))
+        images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **options)
     except NotImplementedError as err:
         raise ConfigError(f"{err}: use `genkit reconstruct` for autoencoders") from None
     path = save_grid(images, args.out, nrow=min(10, args.n) if labels is not None else 8)
@@ -160,6 +179,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_run
 
+    if not 2 <= args.num_samples <= 100_000:
+        raise ConfigError(f"--num-samples must be between 2 and 100000 (FID needs at least 2), got {args.num_samples}")
     family = _load_run(args)
     result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, **_generation_options(args))
     if Path(args.run).is_dir():  # kept beside the run: the model card shows it
@@ -210,6 +231,17 @@ def _push(args: argparse.Namespace) -> int:
         print(json.dumps({"dry_run": args.dry_run, "repo_id": args.repo_id, "private": args.private, "files": files}, indent=2))
         return 0
     print(push_run(args.run, args.repo_id, private=args.private, token=args.token))
+    return 0
+
+
+def _space(args: argparse.Namespace) -> int:
+    from .hub import prepare_space, push_space
+
+    if args.dry_run:
+        files = prepare_space(args.repo_id, args.model, args.dry_run, allow_hub=not args.only_listed)
+        print(json.dumps({"dry_run": args.dry_run, "repo_id": args.repo_id, "models": args.model, "files": files}, indent=2))
+        return 0
+    print(push_space(args.repo_id, args.model, allow_hub=not args.only_listed, private=args.private, token=args.token))
     return 0
 
 

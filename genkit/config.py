@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -109,9 +110,9 @@ class TrainConfig:
             path = path / "training_config.json"
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-        except yaml.YAMLError as err:
+        try:  # JSON read as JSON: YAML 1.1 would read a saved 1e-06 as a string
+            values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
             raise ConfigError(f"{path} is not valid YAML/JSON: {err}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
@@ -215,9 +216,13 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(base)
     if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return float(value)  # YAML 1.1 reads "1e-4" as a string
+            number = float(value)  # YAML 1.1 reads "1e-4" as a string
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            if not math.isfinite(number):  # .inf epochs or a nan rate would only fail deep inside the loop
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            return number
     if base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base is bool and isinstance(value, bool):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ BUILTIN = {  # name -> (Hub id, class names, folders searched for local IDX file
 }
 IDX_PREFIX = {"train": "train", "test": "t10k"}
 CACHE_VERSION = 1  # bump when the decoding changes
+MAX_IDX_SIDE = 4096  # pixels per side of an IDX image
+MAX_IDX_BYTES = 2**34  # 16 GiB: beyond any IDX data set, far below what a crafted header can claim
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -76,7 +80,7 @@ def read_idx_folder(folder: str | Path, split: str = "train", class_names: list[
     if not found:
         raise DataSourceError(f"no IDX files for split {split!r} in {folder}")
     images, labels = (_read_idx(p) for p in found)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
         raise DataSourceError(f"IDX files in {folder} do not hold images (N,H,W) with matching labels: {images.shape} vs {labels.shape}")
     names = class_names or [str(i) for i in range(int(labels.max()) + 1)]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
@@ -93,20 +97,30 @@ def _find_idx(folder: Path, split: str) -> tuple[Path, Path] | None:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX array; the header is checked before the body is read, so absurd sizes never allocate."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
+                raise DataSourceError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+            ndim = magic[3]
+            if ndim not in (1, 3):
+                raise DataSourceError(f"{path}: an IDX file of labels (1 dimension) or images (3 dimensions) was expected, the header says {ndim}")
+            header = f.read(4 * ndim)
+            if len(header) < 4 * ndim:
+                raise DataSourceError(f"{path} is truncated: its header ends early")
+            dims = [int.from_bytes(header[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+            size = math.prod(dims)  # Python integers: no overflow
+            if ndim == 3 and not (1 <= dims[1] <= MAX_IDX_SIDE and 1 <= dims[2] <= MAX_IDX_SIDE) or size > MAX_IDX_BYTES:
+                raise DataSourceError(f"{path}: the header declares an array of shape {tuple(dims)}, which is not a plausible image data set")
+            body = f.read(size + 1)
     except (OSError, EOFError) as err:
         raise DataSourceError(f"cannot read IDX file {path}: {err}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataSourceError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(np.prod(dims))
-    if len(raw) != expected:
-        raise DataSourceError(f"{path} is truncated or corrupt: {len(raw)} bytes, expected {expected}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    if len(body) != size:
+        raise DataSourceError(f"{path} is truncated or corrupt: its header declares shape {tuple(dims)} ({size} bytes), "
+                              f"the file holds {'more' if len(body) > size else len(body)} bytes")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _load_hub(dataset_id: str, split: str) -> datasets.Dataset:
@@ -214,12 +228,28 @@ def to_tensors(ds: datasets.Dataset, image_size: int, channels: int = 1, resize:
     mode = "L" if channels == 1 else "RGB"
     out = np.empty((len(ds), image_size, image_size, channels), dtype=np.uint8)
     for start in range(0, len(ds), chunk):
-        rows = ds[start : start + chunk]["image"]
-        for i, img in enumerate(rows):
-            out[start + i] = _fit(img, mode, image_size, resize).reshape(image_size, image_size, channels)
+        try:
+            rows = ds[start : start + chunk]["image"]
+            for i, img in enumerate(rows):
+                out[start + i] = _fit(img, mode, image_size, resize).reshape(image_size, image_size, channels)
+        except Exception as err:  # PIL raises many types for a broken file; name the file instead of a traceback
+            raise DataSourceError(f"cannot read image {_unreadable(ds, start, start + chunk)}: {type(err).__name__}: {err}. "
+                                  "Remove or replace that file") from None
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(ds["label"], dtype=torch.int64)
     return ImageTensors(images, labels, list(ds.features["label"].names))
+
+
+def _unreadable(ds: datasets.Dataset, start: int, stop: int) -> str:
+    """The file name (or row number) of the first image in rows [start, stop) that PIL cannot decode."""
+    raw = ds.select(range(start, min(stop, len(ds)))).cast_column("image", datasets.Image(decode=False))
+    for i, item in enumerate(raw["image"]):
+        try:
+            with PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as img:
+                img.load()
+        except Exception:
+            return repr(item.get("path") or f"row {start + i}")
+    return f"in rows {start}-{stop - 1}"
 
 
 def _fit(img: PILImage.Image, mode: str, size: int, resize: str) -> np.ndarray:

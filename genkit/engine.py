@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
+import shutil
+import signal
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import runs
 from .config import ConfigError, TrainConfig
 from .data import ShardedBatches, load_train_eval, make_batch
 from .families import DataInfo, Family, get_family
@@ -30,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 # keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_every", "sample_every", "checkpoint_every", "keep_last",
-                     "early_stopping_patience", "push_to_hub", "hub_model_id", "hub_private", "log_with", "output_dir"}
+                     "early_stopping_patience", "push_to_hub", "hub_model_id", "hub_private", "log_with", "output_dir",
+                     # optimizer hyper-parameters: applied over the saved optimizer state (the usual fix after a divergence)
+                     "learning_rate", "weight_decay", "betas", "max_grad_norm", "mixed_precision"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,6 +57,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     family_cls.check_config(config)
     run_dir = Path(config.output_dir)
     _check_run_dir(run_dir, config, resume, overwrite)
+    _check_writable(run_dir)
 
     log_with = None if config.log_with in (None, "none") else config.log_with
     # train() may run several times in one process (notebooks, tests) with other precision settings
@@ -71,7 +80,10 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     checkpoint_every = config.checkpoint_every or steps_per_epoch
 
     # ---- models, optional fine-tuning start, optimizers, schedules, EMA ----------------------------------
-    family = family_cls(config, info)
+    try:
+        family = family_cls(config, info)
+    except (TypeError, ValueError) as err:  # a model option of the right type but an impossible value
+        raise ConfigError(f"cannot build the {config.family} model from model={config.model}: {err}") from None
     if config.init_from:
         family.models = _init_from(family_cls, config.init_from)
         if config.trainable_layers:
@@ -94,13 +106,20 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     state = {"step": 0, "history": [], "best": None, "evals_without_improvement": 0, "images_seen": 0, "train_seconds": 0.0}
     if resume:
         path = ckpt.resolve_resume(run_dir, resume)
-        accelerator.load_state(str(path))
         state = ckpt.read_state(path)
+        ckpt.check_belongs(path, state, runs.run_id(run_dir))
+        accelerator.load_state(str(path))
+        _apply_optimizer_settings(config, optimizers, schedulers)
         accelerator.print(f"resumed from {path} at step {state['step']}")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            if overwrite:  # start clean: old checkpoints would otherwise be pruned, or resumed, as if they were this run's
+                runs.clear_outputs(run_dir)
+            state["run_id"] = runs.new_run_id(run_dir)
         config.save(run_dir / "training_config.json")
         info.save(run_dir)
+    state["run_id"] = _broadcast_run_id(accelerator, state.get("run_id"))
     if log_with:
         accelerator.init_trackers("genkit", config={k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
 
@@ -108,69 +127,75 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     sample_generator = torch.Generator(device="cpu")
 
     # ---- the loop -----------------------------------------------------------------------------------------
-    progress = tqdm(total=max_steps, initial=state["step"], disable=not (config.progress_bar and accelerator.is_local_main_process), desc=f"{config.family}")
-    running: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
-    since_log = 0
-    stop_reason = "max_steps"
-    for model in family.models.values():
-        model.train()
-    while state["step"] < max_steps:
-        step, step_started = state["step"], time.perf_counter()
-        for part in family.parts:
-            model, optimizer = family.models[part], optimizers[part]
-            optimizer.zero_grad(set_to_none=True)  # also clears what another part's loss left here (GAN: D during the G step)
-            for micro in range(accum):
-                batch = make_batch(train_data, batches(step * accum + micro), config.data)
-                sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    loss, logs = family.loss(part, batch)
-                    accelerator.backward(loss / accum)
-                for key, value in {"loss": loss, **logs}.items():
-                    name = key if len(family.parts) == 1 else f"{part}_{key}"
-                    running[name] = running.get(name, 0) + value.detach().float() / accum
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow steps leave the schedule alone
-                schedulers[part].step()
-        if ema is not None:
-            ema.step(unwrap(family.models[family.ema_part]).parameters())
-        state["step"] = step = step + 1
-        state["train_seconds"] += time.perf_counter() - step_started
-        since_log += 1
-        state["images_seen"] += config.batch_size * accum * accelerator.num_processes
-        progress.update(1)
+    with interrupt_flag() as interrupted:  # Ctrl-C: finish the step, save a checkpoint, stop
+        progress = tqdm(total=max_steps, initial=state["step"], disable=not (config.progress_bar and accelerator.is_local_main_process), desc=f"{config.family}")
+        running: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
+        since_log = 0
+        stop_reason = "max_steps"
+        for model in family.models.values():
+            model.train()
+        while state["step"] < max_steps:
+            step, step_started = state["step"], time.perf_counter()
+            for part in family.parts:
+                model, optimizer = family.models[part], optimizers[part]
+                optimizer.zero_grad(set_to_none=True)  # also clears what another part's loss left here (GAN: D during the G step)
+                for micro in range(accum):
+                    batch = make_batch(train_data, batches(step * accum + micro), config.data)
+                    sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+                    with sync, accelerator.autocast():
+                        loss, logs = family.loss(part, batch)
+                        accelerator.backward(loss / accum)
+                    for key, value in {"loss": loss, **logs}.items():
+                        name = key if len(family.parts) == 1 else f"{part}_{key}"
+                        running[name] = running.get(name, 0) + value.detach().float() / accum
+                if config.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                if not accelerator.optimizer_step_was_skipped:  # fp16 overflow steps leave the schedule alone
+                    schedulers[part].step()
+            if ema is not None:
+                ema.step(unwrap(family.models[family.ema_part]).parameters())
+            state["step"] = step = step + 1
+            state["train_seconds"] += time.perf_counter() - step_started
+            since_log += 1
+            state["images_seen"] += config.batch_size * accum * accelerator.num_processes
+            progress.update(1)
 
-        at_log, at_eval, at_ckpt = step % config.log_every == 0, step % eval_every == 0, step % checkpoint_every == 0
-        at_end = step == max_steps
-        if at_log or at_eval or at_ckpt or at_end:  # never let a non-finite loss reach a metric or a checkpoint
-            row = {k: v.item() / since_log for k, v in running.items()}
-            _check_finite(row, step, config)
-        if at_log or at_end:
-            row.update(step=step, lr=schedulers[family.parts[0]].get_last_lr()[0])
-            state["history"].append(row)
-            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-            progress.set_postfix({k: f"{v:.4g}" for k, v in row.items() if "loss" in k})
-            running, since_log = {}, 0
-        if at_eval or at_end:
-            with ema_weights(ema, family):
-                # the last evaluation covers the whole evaluation split: the final figures are test-set figures
-                metrics = evaluate(family, _eval_batches(eval_data, config, whole=True) if at_end else eval_batches)
-                if accelerator.is_main_process and (step % sample_every == 0 or at_end):
-                    sample_generator.manual_seed(config.seed)
-                    images, nrow = family.sample_grid(eval_batches[0], sample_generator)
-                    save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow)
-                    save_grid(images, run_dir / "samples.png", nrow)
-            state["history"].append({"step": step, **metrics})
-            accelerator.log(metrics, step=step)
-            if _early_stop(state, metrics, config):
-                stop_reason = f"early stopping: no {config.early_stopping_metric} improvement in {config.early_stopping_patience} evaluations"
-        if at_ckpt or at_end or stop_reason != "max_steps":
-            save_checkpoint(accelerator, run_dir, state, config.keep_last)
-        if stop_reason != "max_steps":
-            accelerator.print(stop_reason)
-            break
-    progress.close()
+            at_log, at_eval, at_ckpt = step % config.log_every == 0, step % eval_every == 0, step % checkpoint_every == 0
+            at_end = step == max_steps
+            if at_log or at_eval or at_ckpt or at_end:  # never let a non-finite loss reach a metric or a checkpoint
+                row = {k: v.item() / since_log for k, v in running.items()}
+                _check_finite(row, step, config)
+            if at_log or at_end:
+                row.update(step=step, lr=schedulers[family.parts[0]].get_last_lr()[0])
+                state["history"].append(row)
+                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+                progress.set_postfix({k: f"{v:.4g}" for k, v in row.items() if "loss" in k})
+                running, since_log = {}, 0
+            if at_eval or at_end:
+                with ema_weights(ema, family):
+                    # the last evaluation covers the whole evaluation split: the final figures are test-set figures
+                    metrics = evaluate(family, _eval_batches(eval_data, config, whole=True) if at_end else eval_batches)
+                    if accelerator.is_main_process and (step % sample_every == 0 or at_end):
+                        sample_generator.manual_seed(config.seed)
+                        images, nrow = family.sample_grid(eval_batches[0], sample_generator)
+                        save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow)
+                        save_grid(images, run_dir / "samples.png", nrow)
+                state["history"].append({"step": step, **metrics})
+                accelerator.log(metrics, step=step)
+                if _early_stop(state, metrics, config):
+                    stop_reason = f"early stopping: no {config.early_stopping_metric} improvement in {config.early_stopping_patience} evaluations"
+            if not at_end and _agree(accelerator, interrupted.is_set()):
+                stop_reason = "interrupted"
+            if at_ckpt or at_end or stop_reason != "max_steps":
+                save_checkpoint(accelerator, run_dir, state, config.keep_last)
+            if stop_reason != "max_steps":
+                accelerator.print(stop_reason)
+                break
+        progress.close()
+    if stop_reason == "interrupted":  # a checkpoint, no export: the run is resumed, not finished
+        accelerator.end_training()
+        return {"step": state["step"], "stop_reason": stop_reason, "checkpoint": str(ckpt.checkpoint_dir(run_dir, state["step"]))}
 
     # ---- export -------------------------------------------------------------------------------------------
     summary = {"step": state["step"], "stop_reason": stop_reason, "train_seconds": round(state["train_seconds"], 2),
@@ -179,10 +204,14 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
                **{k: v for row in state["history"] for k, v in row.items() if k.startswith("eval_")}}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with ema_weights(ema, family):
-            family.save(run_dir)
-        (run_dir / "metrics.json").write_text(json.dumps({"final": summary, "history": state["history"]}, indent=2) + "\n")
-        save_loss_curve(state["history"], run_dir / "loss_curve.png")
+        try:
+            with ema_weights(ema, family):
+                family.save(run_dir)
+            (run_dir / "metrics.json").write_text(json.dumps({"final": summary, "history": state["history"]}, indent=2) + "\n")
+            save_loss_curve(state["history"], run_dir / "loss_curve.png")
+        except OSError as err:
+            raise RunDirError(f"cannot write the trained model into {run_dir}: {_os_reason(err)}. The checkpoints are intact: "
+                              "free some space, then `--resume latest` exports the model without training further") from None
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if config.push_to_hub and accelerator.is_main_process:
@@ -225,16 +254,26 @@ def ema_weights(ema: EMAModel | None, family: Family) -> Iterator[None]:
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict[str, Any], keep_last: int) -> None:
-    """All processes write into a temp folder; the main one renames it into place once everyone is done."""
+    """All processes write into a temp folder; the main one renames it into place once everyone is done.
+
+    A failed write (full or read-only disk) removes the temp folder and leaves the last complete checkpoint as it was.
+    """
     tmp = ckpt.temp_dir(run_dir, state["step"])
-    if accelerator.is_main_process:
-        ckpt.clear(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.finalize(tmp, run_dir, state["step"], state, keep_last)
-    accelerator.wait_for_everyone()
+    try:
+        if accelerator.is_main_process:
+            ckpt.clear(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.finalize(tmp, run_dir, state["step"], state, keep_last)
+        accelerator.wait_for_everyone()
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        found = ckpt.list_checkpoints(run_dir)
+        kept = f"the last complete checkpoint ({found[-1].name}) is intact" if found else "no earlier checkpoint exists"
+        raise RunDirError(f"cannot write the checkpoint of step {state['step']} into {run_dir}: {_os_reason(err)}; {kept}. "
+                          "Free some space (or fix the permissions) and continue with --resume latest") from None
 
 
 def freeze_all_but_last(model: nn.Module, n: int) -> list[str]:
@@ -278,9 +317,76 @@ def _check_finite(row: dict[str, float], step: int, config: TrainConfig) -> None
     bad = [k for k, v in row.items() if not math.isfinite(v)]
     if bad:
         raise TrainingDiverged(
-            f"{', '.join(bad)} became {row[bad[0]]} by step {step}. The run is stopped; checkpoints already saved are intact "
-            f"(resume with --resume latest after changing the config). Try a lower learning_rate (now {config.learning_rate}), "
-            f"max_grad_norm: 1.0, or mixed_precision: bf16 instead of fp16.")
+            f"{', '.join(bad)} became {row[bad[0]]} by step {step}. The run is stopped; checkpoints already saved are intact. "
+            f"Continue from the last one with a lower learning rate or clipping, e.g. `genkit train --config {Path(config.output_dir) / 'training_config.json'} "
+            f"--resume latest --set learning_rate={config.learning_rate / 10:g} max_grad_norm=1.0`"
+            + (" mixed_precision=bf16" if config.mixed_precision == "fp16" else "")
+            + " (learning_rate, weight_decay, betas, max_grad_norm and mixed_precision may change on resume).")
+
+
+def _apply_optimizer_settings(config: TrainConfig, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any]) -> None:
+    """After a resume, the config's learning rate, weight decay and betas replace the ones saved with the optimizer."""
+    for part, optimizer in optimizers.items():
+        scheduler = schedulers[part]
+        scheduler.base_lrs = [config.learning_rate for _ in scheduler.base_lrs]
+        factors = [f(scheduler.last_epoch) for f in scheduler.lr_lambdas]  # diffusers' schedules are LambdaLR
+        for group, factor in zip(optimizer.param_groups, factors):
+            group["initial_lr"], group["lr"] = config.learning_rate, config.learning_rate * factor
+            group["weight_decay"] = config.weight_decay
+            group["betas" if "betas" in group else "momentum"] = tuple(config.betas) if "betas" in group else config.betas[0]
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before loading anything when the output directory cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise RunDirError(f"cannot write into output_dir {run_dir}: {_os_reason(err)}") from None
+
+
+def _os_reason(err: OSError) -> str:
+    """A short reason for a failed write, naming a full disk plainly."""
+    full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    return "the disk is full" if full else (err.strerror or str(err))
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[threading.Event]:
+    """An event set by the first Ctrl-C (a second one stops at once); the previous handler is back afterwards."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread can take signals
+        yield event
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        event.set()
+        signal.signal(signal.SIGINT, previous)
+        print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)", flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _agree(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process when any process has `flag` (a Ctrl-C may reach only some of them)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), reduction="sum").item())
+
+
+def _broadcast_run_id(accelerator: Accelerator, run_id: str | None) -> str | None:
+    """The main process's run id on every process."""
+    if accelerator.num_processes == 1:
+        return run_id
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([run_id])[0]
 
 
 def _early_stop(state: dict[str, Any], metrics: dict[str, float], config: TrainConfig) -> bool:
@@ -310,9 +416,12 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: str | None, overw
         if changed:
             raise RunDirError(f"--resume: the config differs from the saved run in {', '.join(changed)}; "
                               f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change when resuming")
+        if config.mixed_precision == "fp16" != saved_config.mixed_precision:
+            raise RunDirError("--resume: a run trained without fp16 has no loss-scaler state to continue in fp16; resume with mixed_precision "
+                              f"{saved_config.mixed_precision!r} or bf16")
     elif saved.is_file() and not overwrite:
         raise RunDirError(f"{run_dir} already holds a run. Use --resume latest to continue it, another output_dir, "
-                          "or --overwrite to train over it (its checkpoints are replaced as new ones are written)")
+                          "or --overwrite to start it again from scratch (everything genkit wrote there is removed)")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,17 +1,84 @@
-"""Load a finished run (a run directory or a Hub repo id) back as a family with its trained models."""
+"""Run directories: what they hold, who they belong to, and loading a finished run back as a family."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import uuid
 from pathlib import Path
 
 import torch
 
+from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
-from .families import DataInfo, Family, get_family
+from .families import FAMILIES, DataInfo, Family, get_family
+
+# run-level files written by train / eval beside the exported models; with Family.export_files, all that is published
+RUN_FILES = ["training_config.json", "data_info.json", "metrics.json", "eval_results.json", "samples.png", "loss_curve.png"]
+LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_files, what loading a run reads
+# what genkit itself writes into a run directory besides the exported models (cleared by --overwrite)
+GENERATED = [*RUN_FILES, "run.json", "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png"]
+RUN_ID_FILE = "run.json"
+
+
+def new_run_id(run_dir: Path) -> str:
+    """Give a fresh run its identity (checkpoints carry it, so a resume never mixes two runs)."""
+    run_id = uuid.uuid4().hex
+    (run_dir / RUN_ID_FILE).write_text(json.dumps({"run_id": run_id}) + "\n")
+    return run_id
+
+
+def run_id(run_dir: Path) -> str | None:
+    """The identity of the run in `run_dir` (None for runs made before genkit recorded one)."""
+    path = Path(run_dir) / RUN_ID_FILE
+    return json.loads(path.read_text()).get("run_id") if path.is_file() else None
+
+
+def export_files(run_dir: Path, family: str) -> list[str]:
+    """The run's publishable files that exist: run-level files plus the files the family's `save` writes."""
+    names = RUN_FILES + get_family(family).export_files()
+    return sorted(name for name in names if (Path(run_dir) / name).is_file())
+
+
+def clear_outputs(run_dir: Path) -> list[str]:
+    """Remove everything genkit wrote into `run_dir` (for --overwrite); files of the user's own stay. Returns what went."""
+    run_dir = Path(run_dir)
+    owned = set(GENERATED)
+    for name in FAMILIES:
+        owned.update(get_family(name).export_files())
+    owned.update(f"{Path(name).parent}/README.md" for name in list(owned) if "/" in name)  # the hub mixin's model cards
+    owned.add("README.md")
+    removed = []
+    for name in sorted(owned):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.is_file():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    for folder in sorted({Path(name).parts[0] for name in owned if "/" in name}):  # part folders left empty
+        if (run_dir / folder).is_dir() and not any((run_dir / folder).iterdir()):
+            (run_dir / folder).rmdir()
+    return removed
+
+
+def check_finished(path: Path, config: TrainConfig) -> None:
+    """A run directory whose training has not ended (killed, interrupted, still running) says how to resume it."""
+    missing = [name for name in get_family(config.family).required_files() if not (path / name).is_file()]
+    if not missing:
+        return
+    found = ckpt.list_checkpoints(path)
+    if found:
+        step = ckpt.read_state(found[-1])["step"]
+        raise ConfigError(f"{path} has not finished training (last checkpoint: step {step}); resume it with "
+                          f"`genkit train --config {path / 'training_config.json'} --resume latest`")
+    raise ConfigError(f"{path} holds no trained model (missing {', '.join(missing)}): has the run finished?")
 
 
 def resolve(source: str) -> Path:
-    """A local run directory, or the snapshot of a Hub repo id."""
+    """A local run directory, or the snapshot of a Hub repo id (trusted use: the CLI and a local app)."""
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "training_config.json").is_file():
@@ -27,12 +94,17 @@ def resolve(source: str) -> Path:
         raise ConfigError(f"cannot download {source!r} from the Hub ({type(err).__name__}: {str(err)[:200]})") from None
 
 
-def load_family(source: str, device: str | torch.device = "cpu") -> Family:
-    """The trained family of a run, models in eval mode on `device`."""
-    path = resolve(source)
+def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
+    """The trained family stored in the run directory `path`, models in eval mode on `device`."""
     config = TrainConfig.load(path)
+    check_finished(path, config)
     cls = get_family(config.family)
     models = cls.load_models(path)
     for model in models.values():
         model.to(device).eval()
     return cls(config, DataInfo.load(path), models)
+
+
+def load_family(source: str, device: str | torch.device = "cpu") -> Family:
+    """The trained family of a run directory or Hub repo id, models in eval mode on `device`."""
+    return load_run(resolve(source), device)

@@ -1,6 +1,8 @@
-"""genkit Space: sample, denoise and explore latents of any genkit run directory or Hub repo id.
+"""genkit Space: sample, denoise and explore the latents of genkit models.
 
-Run locally with `genkit app RUN_DIR` or `python spaces/app.py` (GENKIT_RUN=run-or-repo picks the model loaded at start).
+As a public Space (the default for `python spaces/app.py`): only the models its owner lists in GENKIT_MODELS (or
+`space.json` beside this file) and, unless GENKIT_ALLOW_HUB=0, Hub ids of genkit models, within the GENKIT_MAX_*
+limits (see genkit.safe_load). Locally (`genkit app RUN_DIR`, or GENKIT_SPACE=0): any run directory or Hub id.
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
-from functools import lru_cache
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -22,27 +25,59 @@ from genkit.families import Family
 from genkit.latents import grid_points
 from genkit.plots import make_grid
 from genkit.runs import load_family
+from genkit.safe_load import ModelCache, ModelRejected, SourcePolicy
 from genkit.sampling import SCHEDULERS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PREVIEW_EVERY = 5  # stream a preview every N denoising steps
-_load_lock = threading.Lock()
+MAX_UPLOAD_PIXELS = 4096 * 4096
 
 
-@lru_cache(maxsize=4)
-def _cached(source: str):
-    return load_family(source, DEVICE)
+class Budget:
+    """What one request may ask for in Space mode, so that no visitor holds a worker for long (GENKIT_MAX_* variables)."""
+
+    def __init__(self, space: bool):
+        env = os.environ.get
+        self.steps = int(env("GENKIT_MAX_STEPS", 100)) if space else 200
+        self.image_steps = int(env("GENKIT_MAX_IMAGE_STEPS", 1600)) if space else None  # images x denoising steps
+        self.seconds = float(env("GENKIT_MAX_REQUEST_SECONDS", 60)) if space else None
+
+    def check(self, images: int, steps: int) -> None:
+        """Refuse a diffusion request over the step or images-x-steps budget."""
+        if not 1 <= steps <= self.steps:
+            raise gr.Error(f"Steps must be between 1 and {self.steps}.")
+        if self.image_steps and images * steps > self.image_steps:
+            raise gr.Error(f"{images} images x {steps} steps is over this Space's budget of {self.image_steps}: use fewer images or steps.")
+
+    def deadline(self) -> float | None:
+        """When a request started now must end."""
+        return None if self.seconds is None else time.monotonic() + self.seconds
+
+
+_models: ModelCache | None = None  # set by build_demo
+_budget = Budget(space=False)
 
 
 def get_family(source: str) -> Family:
-    """The loaded run, or a readable error for the UI."""
+    """The loaded model, or a readable error for the UI (in Space mode one message for every rejected source)."""
     if not source or not source.strip():
-        raise gr.Error("Enter a run directory or a Hub repo id first.")
+        raise gr.Error("Choose a model first.")
     try:
-        with _load_lock:
-            return _cached(source.strip())
+        return _models.get(source.strip())
+    except ModelRejected as err:
+        raise gr.Error(str(err)) from None
     except (ConfigError, FileNotFoundError, OSError) as err:
         raise gr.Error(f"Cannot load {source!r}: {err}") from None
+
+
+def _deadline_callback(deadline: float | None, inner=None):
+    """A sampling callback that stops a request at its deadline."""
+    def callback(i: int, total: int, x: torch.Tensor) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"stopped after {_budget.seconds:.0f} s, this Space's limit per request: use fewer images or steps")
+        if inner is not None:
+            inner(i, total, x)
+    return callback
 
 
 def describe(source: str) -> tuple[str, gr.Dropdown]:
@@ -78,6 +113,8 @@ def sample(source: str, scheduler: str, steps: float, class_label: str, guidance
     n, steps = int(num_images), int(steps)
     if not 1 <= n <= 64:
         raise gr.Error("Number of images must be between 1 and 64.")
+    if scheduler not in SCHEDULERS:
+        raise gr.Error(f"Scheduler must be one of {list(SCHEDULERS)}.")
     labels = _labels(family, class_label, n)
     generator = torch.Generator().manual_seed(int(seed))
     nrow = min(10, n) if labels is not None else min(8, n)
@@ -87,12 +124,14 @@ def sample(source: str, scheduler: str, steps: float, class_label: str, guidance
         except NotImplementedError as err:
             raise gr.Error(f"{err}; try the Denoise or Latent tab.") from None
         return
+    _budget.check(n, steps)
     previews: queue.Queue = queue.Queue()
 
-    def callback(i: int, total: int, x: torch.Tensor) -> None:
+    def preview(i: int, total: int, x: torch.Tensor) -> None:
         if i % PREVIEW_EVERY == 0 and i < total - 1:
             previews.put(family.to_images(x.detach()).cpu())
 
+    callback = _deadline_callback(_budget.deadline(), preview)
     result: dict = {}
 
     def work() -> None:
@@ -123,6 +162,8 @@ def read_image(upload, sketch, invert: str, size: int, channels: int) -> torch.T
         image = Image.fromarray(image.astype(np.uint8))
     if not isinstance(image, Image.Image):
         raise gr.Error("Could not read that file as an image.")
+    if image.width * image.height > MAX_UPLOAD_PIXELS:
+        raise gr.Error(f"That image is {image.width}x{image.height} pixels; at most {MAX_UPLOAD_PIXELS // 4096}x4096 is read.")
     if image.mode in ("RGBA", "LA", "P"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent strokes: drawn on white paper
@@ -148,7 +189,12 @@ def denoise(source: str, upload, sketch, invert: str, noise_type: str, noise_lev
         if not 0 < strength <= 1:
             raise gr.Error("Strength must be in (0, 1].")
         labels = torch.full((1,), family.null_label, dtype=torch.long) if family.conditional else None
-        restored = family.generate(1, generator, labels, steps=int(steps), init_images=noisy.to(DEVICE), strength=float(strength), guidance_scale=1.0)
+        _budget.check(1, int(steps))
+        try:
+            restored = family.generate(1, generator, labels, steps=int(steps), init_images=noisy.to(DEVICE), strength=float(strength), guidance_scale=1.0,
+                                       callback=_deadline_callback(_budget.deadline()))
+        except TimeoutError as err:
+            raise gr.Error(str(err)) from None
     elif hasattr(family.models.get("model"), "reconstruct"):
         restored = family.models["model"].reconstruct(noisy.to(DEVICE))
     else:
@@ -199,19 +245,32 @@ def reconstruct(source: str, upload, invert: str) -> tuple[Image.Image, float]:
     return to_pil_grid(torch.cat([x, recon]), 2, 6), score
 
 
-def build_demo(initial: str | None = None) -> gr.Blocks:
-    """The Blocks app; `initial` is the run loaded at start."""
+def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -> gr.Blocks:
+    """The Blocks app; `initial` is the model loaded at start. With a `policy` it runs as a public Space, else locally."""
+    global _models, _budget
+    space = policy is not None
+    if space:
+        _models = ModelCache(lambda source: policy.load(source, DEVICE))
+    else:  # a local user may fix a run and load it again at once
+        _models = ModelCache(lambda source: load_family(source, DEVICE), forget_failures_after=0)
+    _budget = Budget(space)
+    listed = list(policy.models) if space else []
+    initial = initial or (listed[0] if listed else None)
     with gr.Blocks(title="genkit", analytics_enabled=False) as demo:
-        gr.Markdown("# genkit\nSample, denoise and explore the latents of a genkit model (a run directory or a Hub repo id).")
+        gr.Markdown("# genkit\nSample, denoise and explore the latents of a genkit model.")
         with gr.Row():
-            source = gr.Textbox(label="Model (run directory or Hub repo id)", value=initial or "", scale=4)
+            if space:  # custom values: Hub ids typed by visitors, checked by the policy
+                source = gr.Dropdown(listed, value=initial, allow_custom_value=True, scale=4,
+                                     label="Model" + (" (a listed one, or a Hub repo id owner/name)" if policy.allow_hub else ""))
+            else:
+                source = gr.Textbox(label="Model (run directory or Hub repo id)", value=initial or "", scale=4)
             load = gr.Button("Load", scale=1)
         summary = gr.Markdown()
         with gr.Tab("Sample"):
             with gr.Row():
                 with gr.Column():
                     scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++", label="Scheduler (diffusion)")
-                    steps = gr.Slider(1, 200, value=25, step=1, label="Steps (diffusion)")
+                    steps = gr.Slider(1, _budget.steps, value=25, step=1, label="Steps (diffusion)")
                     # custom values allowed: the choices follow the loaded model, and API callers may name any class
                     class_label = gr.Dropdown(["(none)", "(one of each)"], value="(none)", label="Class label (conditional models)",
                                               allow_custom_value=True)
@@ -229,7 +288,7 @@ def build_demo(initial: str | None = None) -> gr.Blocks:
                 noise_type = gr.Dropdown(list(CORRUPTIONS), value="gaussian", label="Noise")
                 noise_level = gr.Slider(0, 1, value=0.4, step=0.05, label="Noise level")
                 strength = gr.Slider(0.05, 1, value=0.5, step=0.05, label="Diffusion strength (how far to noise before reversing)")
-                denoise_steps = gr.Slider(2, 200, value=50, step=1, label="Diffusion steps")
+                denoise_steps = gr.Slider(2, _budget.steps, value=50, step=1, label="Diffusion steps")
                 denoise_seed = gr.Number(0, label="Seed", precision=0)
             run_denoise = gr.Button("Denoise", variant="primary", elem_id="denoise-button")
             with gr.Row():
@@ -252,20 +311,32 @@ def build_demo(initial: str | None = None) -> gr.Blocks:
             recon_out = gr.Image(label="Input and reconstruction", type="pil")
             anomaly = gr.Number(label="Anomaly score (reconstruction MSE)")
 
-        load.click(describe, source, [summary, class_label], api_name="load")
-        run_sample.click(sample, [source, scheduler, steps, class_label, guidance, seed, num_images], samples, api_name="sample")
+        # three queues, so quick requests never wait behind slow ones: loading (downloads), generating (diffusion
+        # sampling and denoising) and the one-pass latent tools; each has its own workers
+        heavy = {"concurrency_id": "generate", "concurrency_limit": int(os.environ.get("GENKIT_GENERATE_WORKERS", 1 if space else 2))}
+        loads = {"concurrency_id": "load", "concurrency_limit": 2}
+        light = {"concurrency_id": "latent", "concurrency_limit": 2}
+        load.click(describe, source, [summary, class_label], api_name="load", **loads)
+        run_sample.click(sample, [source, scheduler, steps, class_label, guidance, seed, num_images], samples, api_name="sample", **heavy)
         run_denoise.click(denoise, [source, upload, sketch, invert, noise_type, noise_level, strength, denoise_steps, denoise_seed],
-                          [noisy, restored], api_name="denoise")
-        run_interp.click(interpolate, [source, first, second, latent_invert, interp_steps], interp_out, api_name="interpolate")
-        run_grid.click(latent_grid, [source, grid_n, grid_span], grid_out, api_name="latent_grid")
-        run_recon.click(reconstruct, [source, first, latent_invert], [recon_out, anomaly], api_name="reconstruct")
+                          [noisy, restored], api_name="denoise", **heavy)
+        run_interp.click(interpolate, [source, first, second, latent_invert, interp_steps], interp_out, api_name="interpolate", **light)
+        run_grid.click(latent_grid, [source, grid_n, grid_span], grid_out, api_name="latent_grid", **light)
+        run_recon.click(reconstruct, [source, first, latent_invert], [recon_out, anomaly], api_name="reconstruct", **light)
         if initial:
-            demo.load(describe, source, [summary, class_label], api_name="initial_load")
-    demo.queue(default_concurrency_limit=2, max_size=64)
+            demo.load(describe, source, [summary, class_label], api_name="initial_load", **loads)
+    demo.queue(max_size=64)
     return demo
 
 
-demo = build_demo(os.environ.get("GENKIT_RUN"))
+def space_policy() -> SourcePolicy | None:
+    """Space mode (the default here) unless GENKIT_SPACE=0; `space.json` beside this file holds the owner's defaults."""
+    if os.environ.get("GENKIT_SPACE", "1").strip().lower() in ("0", "false", "no"):
+        return None
+    return SourcePolicy.from_env(Path(__file__).with_name("space.json"))
+
+
+demo = build_demo(os.environ.get("GENKIT_RUN"), space_policy())
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(max_file_size="10mb")

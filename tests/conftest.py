@@ -1,5 +1,6 @@
 """Shared fixtures: offline Hub settings, tiny synthetic IDX data, and the real MNIST when ../shared/data has it."""
 
+import contextlib
 import gzip
 import os
 from pathlib import Path
@@ -81,3 +82,28 @@ def tiny_config(data_dir: Path, output_dir: Path, **overrides):
         else:
             values[key] = value
     return TrainConfig.from_dict(values)
+
+
+class Killed(Exception):
+    """Stands for a kill -9: raised right after a checkpoint is written."""
+
+
+@contextlib.contextmanager
+def killed_after_checkpoint(step: int | None = None):
+    """Training dies right after writing the checkpoint of `step` (the first checkpoint when None)."""
+    from genkit import engine
+
+    original = engine.save_checkpoint
+
+    def save_then_die(accelerator, run_dir, state, keep_last):
+        original(accelerator, run_dir, state, keep_last)
+        if step is None or state["step"] == step:
+            raise Killed
+
+    engine.save_checkpoint = save_then_die
+    try:
+        yield
+    except Killed:
+        pass
+    finally:
+        engine.save_checkpoint = original

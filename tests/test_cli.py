@@ -67,3 +67,24 @@ def test_train_and_reconstruct_real_mnist(tmp_path, mnist_dir):
     assert report["images"] == 10000
     assert report["mse"] < 0.045  # a 32-d code after 3 short epochs; the mean-image baseline is ~0.067
     assert (out / "reconstructions.png").is_file()
+
+
+def test_sampling_limits_and_half_written_runs_are_explained(tmp_path, tiny_idx, capsys):
+    from conftest import killed_after_checkpoint, tiny_config
+
+    from genkit.cli import main
+    from genkit.engine import train
+
+    run = tmp_path / "vae"
+    train(tiny_config(tiny_idx, run, family="vae", model={"hidden_dims": [16], "latent_dim": 2}, max_steps=2))
+    for args, message in [(["--n", "100000"], "--n must be between 1 and 1024"), (["--n", "0"], "--n must be between 1"),
+                          (["--steps", "0"], "--steps must be >= 1, got 0")]:
+        assert main(["sample", str(run), *args]) == 2
+        assert message in capsys.readouterr().err
+    # a run killed after its first checkpoint: every command says to resume it
+    with killed_after_checkpoint():
+        train(tiny_config(tiny_idx, tmp_path / "half", max_steps=8))
+    for command in ["reconstruct", "analyze", "eval"]:
+        assert main([command, str(tmp_path / "half")]) == 2
+        err = capsys.readouterr().err
+        assert "has not finished training (last checkpoint: step 4); resume it with" in err and "--resume latest" in err, err

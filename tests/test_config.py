@@ -64,3 +64,25 @@ def test_shipped_configs_load():
 
     for path in sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")):
         TrainConfig.load(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["epochs=.inf"], "epochs must be a finite number"),
+    (["learning_rate=.nan"], "learning_rate must be a finite number"),
+    (["model.hidden_dims=abc"], "model.hidden_dims must be a list of int like its default [64, 32], got 'abc'"),
+    (["model.hidden_dims=[64, x]"], "model.hidden_dims must be a list of int"),
+    (["model.latent_dim=1.5"], "model.latent_dim must be an integer"),
+    (["model.linear=maybe"], "model.linear must be true or false"),
+])
+def test_mistyped_values_are_named_before_training(overrides, message, tmp_path):
+    from genkit.engine import train
+
+    with pytest.raises(ConfigError) as caught:
+        train(TrainConfig(output_dir=str(tmp_path / "run")).with_overrides(overrides))
+    assert message in str(caught.value)
+
+
+def test_model_options_survive_the_json_round_trip(tmp_path):
+    config = TrainConfig(model={"l2_weight": 1e-6, "hidden_dims": [8]})
+    config.save(tmp_path / "training_config.json")
+    assert TrainConfig.load(tmp_path).model == {"l2_weight": 1e-6, "hidden_dims": [8]}  # not the string '1e-06'

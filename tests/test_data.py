@@ -181,3 +181,43 @@ def test_decoded_splits_are_cached_and_invalidated(tmp_path, monkeypatch):
 
     _cache_path(cfg, "train", None).write_bytes(b"garbage")  # a damaged entry is rebuilt, not fatal
     assert len(load_split(cfg, "train")) == 32
+
+
+@pytest.mark.parametrize("damage", ["not_an_image", "truncated"])
+def test_imagefolder_with_a_broken_file_names_it(tmp_path, damage):
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        Image.new("L", (28, 28), 40 * i).save(folder / f"{i}.png")
+    good = io.BytesIO()
+    Image.effect_noise((28, 28), 50).save(good, "PNG")
+    bad = b"this is a text file named like a picture" if damage == "not_an_image" else good.getvalue()[: len(good.getvalue()) // 2]
+    (folder / "3.png").write_bytes(bad)
+    with pytest.raises(DataSourceError, match=r"cannot read image '.*3\.png'.*Remove or replace that file"):
+        to_tensors(load_image_dataset(str(tmp_path / "imgs")), 28)
+
+
+@pytest.mark.parametrize("header, message", [
+    (bytes([0, 0, 8, 3]) + (60000).to_bytes(4, "big") + (2**31).to_bytes(4, "big") + (2**31).to_bytes(4, "big"), "not a plausible"),
+    (bytes([0, 0, 8, 3]) + (2**32 - 1).to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big"), "not a plausible"),
+    (bytes([0, 0, 8, 200]) + b"\x00" * 8, "labels .1 dimension. or images .3 dimensions."),
+    (bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big"), "header ends early"),
+    (bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big") + b"\x00" * 100, "truncated or corrupt"),
+    (bytes([0, 0, 8, 3]) + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big"), "do not hold images"),
+    (b"\x1f\x8b", "bad magic number"),
+])
+def test_idx_headers_with_absurd_dimensions_are_refused_before_reading(tmp_path, header, message):
+    from conftest import write_idx
+
+    import numpy as np
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(header)
+    write_idx(folder / "train-labels-idx1-ubyte", np.zeros(0 if "do not hold" in message else 10, dtype=np.uint8))
+    with pytest.raises(DataSourceError, match=message):
+        read_idx_folder(folder, "train")

@@ -1,13 +1,13 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import killed_after_checkpoint, tiny_config
 from safetensors.torch import load_file
 
 from genkit import checkpoint as ckpt
-from genkit import engine
 from genkit.engine import RunDirError, TrainingDiverged, freeze_all_but_last, train
 from genkit.families.autoencoder import AutoencoderFamily, MLPAutoencoder
 
@@ -29,26 +29,13 @@ def test_train_writes_a_self_describing_run(tiny_idx, tmp_path):
     assert model.latent_dim == 8 and model.reconstruct(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
 
 
-class Killed(Exception):
-    pass
-
-
-def test_resume_continues_exactly(tiny_idx, tmp_path, monkeypatch):
+def test_resume_continues_exactly(tiny_idx, tmp_path):
     # ema, warmup + cosine schedule and gradient accumulation all carry state that resume must restore
     extra = dict(ema_decay=0.9, lr_scheduler="cosine", warmup_steps=3, gradient_accumulation_steps=2, data={"corruption": "gaussian"})
     train(tiny_config(tiny_idx, tmp_path / "full", **extra))
 
-    original = engine.save_checkpoint
-
-    def killed_after_step_8(accelerator, run_dir, state, keep_last):
-        original(accelerator, run_dir, state, keep_last)
-        if state["step"] == 8:
-            raise Killed
-
-    monkeypatch.setattr(engine, "save_checkpoint", killed_after_step_8)
-    with pytest.raises(Killed):
+    with killed_after_checkpoint(step=8):
         train(tiny_config(tiny_idx, tmp_path / "split", **extra))
-    monkeypatch.undo()
     assert not (tmp_path / "split" / "model.safetensors").exists()
     train(tiny_config(tiny_idx, tmp_path / "split", **extra), resume="latest")
     full, resumed = weights(tmp_path / "full"), weights(tmp_path / "split")
@@ -78,8 +65,8 @@ def test_existing_run_is_not_overwritten_by_accident(tiny_idx, tmp_path):
     before = weights(run)
     with pytest.raises(RunDirError, match="already holds a run"):
         train(tiny_config(tiny_idx, run, max_steps=4))
-    with pytest.raises(RunDirError, match="differs from the saved run in learning_rate"):
-        train(tiny_config(tiny_idx, run, max_steps=8, learning_rate=0.1), resume="latest")
+    with pytest.raises(RunDirError, match="differs from the saved run in batch_size"):
+        train(tiny_config(tiny_idx, run, max_steps=8, batch_size=16), resume="latest")
     with pytest.raises(RunDirError, match="no run to resume"):
         train(tiny_config(tiny_idx, tmp_path / "empty"), resume="latest")
     after = weights(run)
@@ -138,3 +125,129 @@ def test_bf16_mixed_precision_trains(tiny_idx, tmp_path):
 def test_tensorboard_logs(tiny_idx, tmp_path):
     train(tiny_config(tiny_idx, tmp_path / "run", log_with="tensorboard", max_steps=4))
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+
+
+# ---- run directories that stay trustworthy: overwrite, resume identity, interrupts, full disks -------------------
+
+
+def test_overwrite_starts_clean_and_resume_refuses_another_runs_checkpoint(tiny_idx, tmp_path):
+    run, other = tmp_path / "run", tmp_path / "other"
+    train(tiny_config(tiny_idx, run, max_steps=12))  # checkpoints at 4, 8, 12
+    (run / "eval_results.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")  # not genkit's: kept
+    old_id = json.loads((run / "run.json").read_text())["run_id"]
+    with killed_after_checkpoint():  # a killed overwrite: its first checkpoint (step 4) is older than the old run's step 12
+        train(tiny_config(tiny_idx, run, max_steps=12, learning_rate=3e-3), overwrite=True)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000004"]  # the old run's are gone, not "newer"
+    assert not (run / "eval_results.json").exists() and not (run / "samples" / "step-0000012.png").exists()
+    assert not (run / "model.safetensors").exists() and (run / "notes.txt").read_text() == "mine"
+    new_id = json.loads((run / "run.json").read_text())["run_id"]
+    assert new_id != old_id and ckpt.read_state(ckpt.list_checkpoints(run)[0])["run_id"] == new_id
+    summary = train(tiny_config(tiny_idx, run, max_steps=12, learning_rate=3e-3), resume="latest")
+    assert summary["step"] == 12
+    # a checkpoint of another run (same config) is refused by path
+    train(tiny_config(tiny_idx, other, max_steps=4))
+    with pytest.raises(ckpt.CheckpointError, match="belongs to another run"):
+        train(tiny_config(tiny_idx, run, max_steps=16, learning_rate=3e-3), resume=str(ckpt.list_checkpoints(other)[-1]))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_idx, tmp_path, monkeypatch):
+    import signal
+
+    original, calls = AutoencoderFamily.loss, {"n": 0}
+
+    def interrupted_at_step_3(self, part, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)  # as a Ctrl-C in the terminal
+        return original(self, part, batch)
+
+    monkeypatch.setattr(AutoencoderFamily, "loss", interrupted_at_step_3)
+    run = tmp_path / "run"
+    summary = train(tiny_config(tiny_idx, run, max_steps=12, checkpoint_every=100))
+    assert summary["stop_reason"] == "interrupted" and summary["step"] == 3
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000003"] and not (run / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.undo()
+    from genkit.cli import main
+
+    assert main(["sample", str(run)]) == 2  # a half-written run says how to continue
+    assert train(tiny_config(tiny_idx, run, max_steps=12, checkpoint_every=100), resume="latest")["step"] == 12
+
+
+def test_ctrl_c_from_the_command_line_exits_130(tiny_idx, tmp_path, monkeypatch, capsys):
+    import signal
+
+    from genkit.cli import main
+
+    original = AutoencoderFamily.loss
+    monkeypatch.setattr(AutoencoderFamily, "loss", lambda self, part, batch: (signal.raise_signal(signal.SIGINT), original(self, part, batch))[1])
+    config = tiny_config(tiny_idx, tmp_path / "run")
+    config.save(tmp_path / "c.yaml")
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 1; checkpoint saved" in err and "--resume latest" in err
+
+
+def test_full_disk_keeps_the_last_checkpoint_and_leaves_no_temp_folder(tiny_idx, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from accelerate import Accelerator
+
+    original = Accelerator.save_state
+
+    def disk_full_at_step_8(self, output_dir=None, **kwargs):
+        if output_dir.endswith("step-0000008"):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full_at_step_8)
+    run = tmp_path / "run"
+    with pytest.raises(RunDirError, match=r"step 8 .*the disk is full; the last complete checkpoint \(step-0000004\) is intact"):
+        train(tiny_config(tiny_idx, run))
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000004"]
+    monkeypatch.undo()
+    assert train(tiny_config(tiny_idx, run), resume="latest")["step"] == 12
+
+
+def test_unwritable_output_dir_fails_before_any_work(tiny_idx, tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    from genkit.cli import main
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    config = tiny_config(tiny_idx, tmp_path / "run")
+    config.save(tmp_path / "c.yaml")
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write into output_dir" in err and "Read-only file system" in err and "Traceback" not in err
+
+
+def test_resume_after_divergence_takes_the_advised_learning_rate(tiny_idx, tmp_path, monkeypatch):
+    original, calls = AutoencoderFamily.loss, {"n": 0}
+
+    def exploding(self, part, batch):
+        calls["n"] += 1
+        loss, logs = original(self, part, batch)
+        return (loss * float("nan") if calls["n"] == 6 else loss), logs
+
+    monkeypatch.setattr(AutoencoderFamily, "loss", exploding)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as caught:
+        train(tiny_config(tiny_idx, run, lr_scheduler="cosine", weight_decay=0.0))
+    monkeypatch.undo()
+    advice = str(caught.value)
+    assert "--resume latest --set learning_rate=0.0001 max_grad_norm=1.0" in advice
+    # exactly what the message says to run
+    train(tiny_config(tiny_idx, run, lr_scheduler="cosine", learning_rate=1e-4, max_grad_norm=1.0, weight_decay=0.01), resume="latest")
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    lrs = {row["step"]: row["lr"] for row in history if "lr" in row}
+    assert lrs[2] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 12)))  # before: the original rate
+    for step in (6, 8, 10):  # after: the cosine schedule continues with the new base rate
+        assert lrs[step] == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * step / 12)))

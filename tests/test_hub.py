@@ -94,3 +94,66 @@ def test_push_to_hub_from_training(tiny_idx, tmp_path, monkeypatch):
     train(tiny_config(tiny_idx, tmp_path / "run", max_steps=2, push_to_hub=True, hub_model_id="someone/auto", hub_private=True))
     assert [c[0] for c in hub.calls] == ["create_repo", "upload_folder"] and hub.calls[0][2]["private"] is True
     assert "model.safetensors" in hub.files
+
+
+def test_push_takes_an_allow_list_and_no_local_paths(tiny_idx, tmp_path, monkeypatch):
+    run = tmp_path / "secret-home" / "ae"
+    train(tiny_config(tiny_idx, run, max_steps=2, data={"source": str(tiny_idx), "data_dir": str(tiny_idx)}, init_from=None))
+    planted = {".cache/token": "hf_secret", "notes/secret.txt": "password", "extra.safetensors": "x", "unet/config.json": "{}",
+               "README.md": "old card", ".env": "KEY=1"}
+    for rel, text in planted.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(text)
+    hub = Recorder(monkeypatch)
+    assert main(["push", str(run), "--repo-id", "someone/ae"]) == 0
+    assert hub.files == ["README.md", "config.json", "data_info.json", "loss_curve.png", "metrics.json", "model.safetensors",
+                         "samples.png", "training_config.json"]
+    assert "old card" not in hub.card
+    staged = tmp_path / "staged"
+    from genkit.hub import prepare_upload
+
+    prepare_upload(run, "someone/ae", staged)
+    for path in staged.rglob("*"):
+        if path.suffix in (".json", ".md"):
+            text = path.read_text()
+            assert str(tmp_path) not in text and "secret-home" not in text, path.name
+    pushed = json.loads((staged / "training_config.json").read_text())
+    assert pushed["data"]["data_dir"] is None and pushed["data"]["source"] == tiny_idx.name and pushed["output_dir"] == "runs/ae"
+    from genkit.runs import load_family
+
+    assert load_family(str(staged)).config.data.source == tiny_idx.name  # the portable config still loads
+
+
+def test_space_folder_dry_run_and_upload(tmp_path, monkeypatch, capsys):
+    hub = Recorder(monkeypatch)
+    assert main(["space", "--repo-id", "someone/genkit-demo", "--model", "someone/genkit-ddpm", "--dry-run", str(tmp_path / "space")]) == 0
+    assert hub.calls == []
+    files = json.loads(capsys.readouterr().out)["files"]
+    folder = tmp_path / "space"
+    assert {"app.py", "README.md", "requirements.txt", "space.json", "genkit/__init__.py", "genkit/safe_load.py", "genkit/families/diffusion.py"} <= set(files)
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    meta = front_matter((folder / "README.md").read_text())
+    import gradio
+
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["sdk_version"] == gradio.__version__
+    assert meta["models"] == ["someone/genkit-ddpm"]
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert "diffusers>=0.30" in requirements and not [r for r in requirements if r.startswith(("gradio", "git+", "genkit"))]
+    assert json.loads((folder / "space.json").read_text()) == {"models": ["someone/genkit-ddpm"], "allow_hub": True}
+    # the folder runs on its own: its app imports the genkit copied beside it and serves the listed model
+    import subprocess
+    import sys
+
+    probe = ("import genkit, app; print(genkit.__file__); "
+             "print(type(app.demo).__name__, sorted(app.space_policy().models), app.space_policy().allow_hub)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=folder, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert str(folder / "genkit") in result.stdout and "Blocks ['someone/genkit-ddpm'] True" in result.stdout
+    # and the upload sends exactly that folder to a gradio Space
+    assert main(["space", "--repo-id", "someone/genkit-demo", "--model", "someone/genkit-ddpm", "--only-listed", "--private"]) == 0
+    assert hub.calls[0] == ("create_repo", "someone/genkit-demo", {"private": True, "exist_ok": True, "repo_type": "space", "space_sdk": "gradio"})
+    assert hub.calls[1][2]["repo_type"] == "space" and hub.files == sorted(files)
+    for bad in [["--model", "../etc"], ["--model", "not a repo"]]:
+        assert main(["space", "--repo-id", "someone/x", *bad, "--dry-run", str(tmp_path / "x")]) == 2
+    assert main(["space", "--repo-id", "/abs/path", "--dry-run", str(tmp_path / "y")]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +44,35 @@ class DataInfo:
         return cls(**json.loads((Path(directory) / "data_info.json").read_text()))
 
 
+def check_option_type(name: str, value: Any, default: Any) -> Any:
+    """A model option must have the type of its default (ints pass for floats, null passes where the default is null)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-6 as a string
+        except ValueError:
+            pass
+    numbers = (int, float) if isinstance(default, float) else (int,) if isinstance(default, int) else None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif numbers:
+        ok = isinstance(value, numbers) and not isinstance(value, bool) and math.isfinite(value)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, type(default[0])) and not isinstance(v, bool) for v in value) if default else isinstance(value, list)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"{name} must be {_describe(default)} like its default {default!r}, got {value!r}")
+    return value
+
+
+def _describe(default: Any) -> str:
+    if isinstance(default, list):
+        return f"a list of {type(default[0]).__name__}" if default else "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(type(default), type(default).__name__)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP / compile wrappers."""
     return extract_model_from_parallel(model)
@@ -80,6 +110,8 @@ class Family:
         unknown = sorted(set(config.model) - set(known))
         if unknown:
             raise ConfigError(f"unknown model option(s) for family {cls.name!r}: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        for key, value in config.model.items():
+            config.model[key] = check_option_type(f"model.{key}", value, known[key])
 
     @classmethod
     def model_options(cls) -> dict[str, Any]:
@@ -128,6 +160,17 @@ class Family:
         directory = Path(directory)
         for part, model in self.models.items():
             unwrap(model).save_pretrained(directory if len(self.models) == 1 else directory / part)
+
+    @classmethod
+    def required_files(cls) -> list[str]:
+        """The files `load_models` reads, relative to the run directory."""
+        single = len(cls.model_classes) == 1
+        return [name if single else f"{part}/{name}" for part in cls.model_classes for name in ("config.json", "model.safetensors")]
+
+    @classmethod
+    def export_files(cls) -> list[str]:
+        """Every file `save` may write (the required ones and optional extras): what is published and downloaded."""
+        return cls.required_files()
 
     @classmethod
     def load_models(cls, directory: str | Path) -> dict[str, nn.Module]:

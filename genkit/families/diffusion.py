@@ -192,7 +192,7 @@ class DiffusionFamily(Family):
         scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
         if init_images is not None:
             init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
-        x = sample(pipe.unet, pipe.scheduler, n, steps or self.option("sample_steps"), generator, class_labels, scale, self.null_label,
+        x = sample(pipe.unet, pipe.scheduler, n, self.option("sample_steps") if steps is None else steps, generator, class_labels, scale, self.null_label,
                    init_images=init_images, strength=strength, callback=callback)
         return self.to_images(x)
 
@@ -215,6 +215,16 @@ class DiffusionFamily(Family):
             GenkitDiffusionPipeline(unet, self.noise_scheduler, id2label).save_pretrained(directory)
         else:
             DDPMPipeline(unet=unet, scheduler=self.noise_scheduler).save_pretrained(directory)
+
+    @classmethod
+    def required_files(cls) -> list[str]:
+        """The pipeline files `load_models` reads."""
+        return ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+
+    @classmethod
+    def export_files(cls) -> list[str]:
+        """The pipeline, and the autoencoder of latent diffusion runs."""
+        return [*cls.required_files(), "autoencoder/config.json", "autoencoder/model.safetensors"]
 
     @classmethod
     def load_models(cls, directory: str | Path) -> dict[str, torch.nn.Module]:

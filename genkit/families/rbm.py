@@ -138,7 +138,10 @@ class RBMFamily(Family):
         """`n` new images in [0, 1]."""
         rbm = unwrap(self.models["model"])
         g = torch.Generator(rbm.W.device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-        return rbm.sample(n, steps or self.option("sample_steps"), g)
+        steps = self.option("sample_steps") if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return rbm.sample(n, steps, g)
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:

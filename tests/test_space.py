@@ -1,0 +1,212 @@
+"""The app as a public Space: which models it loads, what a download may cost, and a queue no visitor can hold."""
+
+import importlib.util
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+from conftest import tiny_config
+from huggingface_hub import HfApi
+
+from genkit.engine import train
+from genkit.safe_load import REJECTED, Limits, ModelCache, ModelRejected, SourcePolicy
+
+APP = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_idx, tmp_path_factory):
+    root = tmp_path_factory.mktemp("space")
+    train(tiny_config(tiny_idx, root / "diffusion", family="diffusion", model={"preset": "tiny", "sample_steps": 2},
+                      data={"value_range": "-1,1"}, max_steps=2, num_samples=4))
+    train(tiny_config(tiny_idx, root / "dae", data={"corruption": "gaussian"}, max_steps=4))
+    return root
+
+
+class FakeHub:
+    """Stands in for the Hub: repos are local run folders (plus planted files); records what is fetched."""
+
+    def __init__(self, monkeypatch, repos: dict, planted: dict | None = None):
+        self.repos, self.planted, self.fetched, self.snapshots = repos, planted or {}, [], []
+        monkeypatch.setattr(HfApi, "model_info", lambda api, repo_id, **kw: self.model_info(repo_id, **kw))
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", self.hf_hub_download)
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", self.snapshot_download)
+
+    def files(self, repo_id):
+        root = self.repos[repo_id]
+        found = {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
+        return {**found, **self.planted.get(repo_id, {})}
+
+    def model_info(self, repo_id, files_metadata=False, **kwargs):
+        if repo_id not in self.repos:
+            raise OSError(f"404 Client Error: Repository Not Found for url: https://huggingface.co/api/models/{repo_id}")
+        assert files_metadata
+        return SimpleNamespace(sha="0123abc", siblings=[SimpleNamespace(rfilename=n, size=s) for n, s in self.files(repo_id).items()])
+
+    def hf_hub_download(self, repo_id, filename, revision=None, local_dir=None, **kwargs):
+        assert revision == "0123abc"
+        self.fetched.append(filename)
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.repos[repo_id] / filename, target)
+        return str(target)
+
+    def snapshot_download(self, repo_id, revision=None, allow_patterns=None, local_dir=None, **kwargs):
+        assert revision == "0123abc" and allow_patterns is not None  # pinned to the commit whose sizes were checked
+        self.snapshots.append(sorted(allow_patterns))
+        for name in allow_patterns:
+            self.hf_hub_download(repo_id, name, revision, local_dir)
+        return local_dir
+
+
+def test_every_rejected_source_gets_the_same_message(runs, tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch, {})
+    policy = SourcePolicy({"demo": str(runs / "dae")}, allow_hub=True)
+    (tmp_path / "file.txt").write_text("x")
+    probes = [str(runs / "dae"), str(runs / "diffusion"), str(runs), "/nope", "/etc", "/etc/passwd", "~", "~/.cache", "../..", str(tmp_path / "file.txt"),
+              "someone/missing", "a/b/c", "", "demo ", "x" * 500, "..\\..", "./dae", "someone/../etc"]
+    messages = set()
+    for probe in probes:
+        if probe == "demo ":
+            continue  # the listed name (stripped): loads
+        with pytest.raises(ModelRejected) as caught:
+            policy.load(probe)
+        messages.add(str(caught.value))
+    assert messages == {REJECTED} and "/" not in REJECTED.replace("owner/name", "")
+    assert policy.load("demo ").name == "autoencoder"
+    assert SourcePolicy({"demo": str(runs / "dae")}, allow_hub=False).load("demo").name == "autoencoder"
+    with pytest.raises(ModelRejected):
+        SourcePolicy({}, allow_hub=False).load("someone/ae")
+    assert hub.fetched == []  # nothing was downloaded for a repo that does not exist
+
+
+def test_hub_download_fetches_only_what_a_run_needs_within_the_size_cap(runs, monkeypatch):
+    planted = {"ddpm": {"junk.bin": 300 * 2**20, "notes/secret.txt": 10, "unet/other.safetensors": 1}}
+    hub = FakeHub(monkeypatch, {"someone/ddpm": runs / "diffusion", "someone/ae": runs / "dae"},
+                  {"someone/ddpm": planted["ddpm"]})
+    policy = SourcePolicy({}, allow_hub=True)
+    family = policy.load("someone/ddpm")
+    assert family.name == "diffusion" and family.generate(2, __import__("torch").Generator().manual_seed(0), steps=2).shape == (2, 1, 28, 28)
+    assert hub.snapshots == [["data_info.json", "model_index.json", "scheduler/scheduler_config.json", "training_config.json",
+                              "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]]
+    assert "junk.bin" not in hub.fetched and "notes/secret.txt" not in hub.fetched
+    # a cap below the weights' size: refused before anything but the small config is fetched
+    hub.fetched.clear()
+    small = SourcePolicy({}, allow_hub=True, limits=Limits(max_download_mb=0.01))
+    with pytest.raises(ModelRejected, match="not available"):
+        small.load("someone/ae")
+    assert hub.fetched == ["training_config.json"]
+
+
+def test_crafted_configs_are_refused_before_anything_is_allocated(runs, tmp_path):
+    import resource
+
+    policy = SourcePolicy({}, allow_hub=False)
+    cases = {
+        "ae_huge": ("config.json", lambda c: {**c, "hidden_dims": [10**6, 10**6]}),  # 10^12 parameters: terabytes
+        "ae_mismatch": ("config.json", lambda c: {**c, "hidden_dims": [64, 8]}),  # not the stored weights
+        "big_image": ("data_info.json", lambda c: {**c, "image_size": 100_000}),
+        "many_classes": ("data_info.json", lambda c: {**c, "class_names": [str(i) for i in range(10**5)]}),
+        "unet_huge": ("unet/config.json", lambda c: {**c, "block_out_channels": [4096, 8192, 8192]}),
+        "bad_family": ("training_config.json", lambda c: {**c, "family": "transformer"}),
+        "other_autoencoder": ("training_config.json", lambda c: {**c, "model": {**c["model"], "autoencoder": "/etc"}}),
+    }
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for name, (file, change) in cases.items():
+        source = runs / ("diffusion" if "unet" in file or name == "other_autoencoder" else "dae")
+        folder = tmp_path / name
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns("checkpoints"))
+        path = folder / file
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+        listed = SourcePolicy({name: str(folder)}, allow_hub=False, limits=policy.limits)
+        with pytest.raises(ModelRejected):
+            listed.load(name)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 300_000  # KiB: no model was built for real
+
+
+def test_model_cache_loads_each_source_once_and_never_blocks_others(runs):
+    release, calls = threading.Event(), []
+
+    def load(source):
+        calls.append(source)
+        if source == "slow":
+            release.wait(10)
+        return source.upper()
+
+    cache = ModelCache(load)
+    assert cache.get("fast") == "FAST"
+    slow = [threading.Thread(target=cache.get, args=("slow",)) for _ in range(3)]
+    for t in slow:
+        t.start()
+    started = time.monotonic()
+    assert cache.get("fast") == "FAST" and cache.get("other") == "OTHER"  # not behind the slow download
+    assert time.monotonic() - started < 1
+    release.set()
+    for t in slow:
+        t.join()
+    assert calls.count("slow") == 1 and calls.count("fast") == 1
+    failing = ModelCache(lambda s: (_ for _ in ()).throw(ModelRejected()))
+    for _ in range(2):
+        with pytest.raises(ModelRejected):
+            failing.get("x")
+
+
+@pytest.fixture()
+def space_app(runs, monkeypatch):
+    monkeypatch.setenv("GENKIT_MODELS", f"ddpm={runs / 'diffusion'},dae={runs / 'dae'}")
+    monkeypatch.setenv("GENKIT_ALLOW_HUB", "0")
+    monkeypatch.setenv("GENKIT_MAX_REQUEST_SECONDS", "2")
+    spec = importlib.util.spec_from_file_location("genkit_space_app_public", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # Space mode is the default of spaces/app.py
+    from test_app import free_port
+
+    port = free_port()
+    module.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield module, f"http://127.0.0.1:{port}/"
+    module.demo.close()
+
+
+def test_space_mode_budget_and_fair_queue(space_app, runs, monkeypatch, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    from genkit.families.diffusion import DiffusionFamily
+
+    module, url = space_app
+    client = Client(url, verbose=False)
+    text, _ = client.predict("ddpm", api_name="/load")
+    assert "diffusion" in text
+    for probe in [str(runs / "dae"), "/etc/passwd", "~", "someone/ae"]:
+        with pytest.raises(AppError) as caught:
+            client.predict(probe, api_name="/load")
+        assert str(caught.value).endswith(REJECTED) or REJECTED in str(caught.value)
+    with pytest.raises(AppError, match="over this Space's budget"):
+        client.predict("ddpm", "ddpm", 100, "(none)", 1.0, 0, 64, api_name="/sample")
+    with pytest.raises(AppError, match="Steps must be between 1 and 100|greater than maximum value 100"):
+        client.predict("ddpm", "ddpm", 150, "(none)", 1.0, 0, 1, api_name="/sample")
+    # a request past its time limit is stopped, freeing the worker
+    original = DiffusionFamily.generate
+    slow_steps = lambda self, *a, callback=None, **kw: original(self, *a, callback=lambda *c: (time.sleep(0.2), callback(*c)), **kw)  # noqa: E731
+    monkeypatch.setattr(DiffusionFamily, "generate", slow_steps)
+    started = time.monotonic()
+    with pytest.raises(AppError, match="stopped after 2 s"):
+        client.predict("ddpm", "ddim", 100, "(none)", 1.0, 0, 1, api_name="/sample")
+    assert time.monotonic() - started < 10
+    # two slow diffusion requests hold the generate queue; a quick latent request does not wait behind them
+    Image.new("L", (28, 28), 0).save(tmp_path / "black.png")
+    jobs = [Client(url, verbose=False).submit("ddpm", "ddim", 8, "(none)", 1.0, i, 1, api_name="/sample") for i in range(2)]
+    time.sleep(1.0)
+    started = time.monotonic()
+    grid, score = client.predict("dae", handle_file(str(tmp_path / "black.png")), "auto", api_name="/reconstruct")
+    quick = time.monotonic() - started
+    assert score >= 0 and quick < 1.5, quick
+    assert not all(job.done() for job in jobs)  # the slow ones were still running or waiting meanwhile
+    for job in jobs:
+        job.result(timeout=60)
