@@ -45,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png")
     p.add_argument("--device", default="cpu")
 
+    p = sub.add_parser("generate", help="generate a labelled synthetic data set (datasets format) from a trained run")
+    p.add_argument("run", help="run directory or Hub repo id")
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--out", required=True, help="new folder for the data set")
+    p.add_argument("--format", default=None, choices=["save_to_disk", "imagefolder", "parquet"],
+                   help="default: save_to_disk (parquet with --push-to-hub)")
+    p.add_argument("--class-label", default=None, help="conditional models: one class (index or name); default: every class in turn")
+    p.add_argument("--scheduler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None, help="also upload it as a dataset repo (parquet)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--device", default="cpu")
+
     p = sub.add_parser("eval", help="evaluate a trained run offline (FID/KID with a genkit classifier, ...)")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-samples", type=int, default=1000)
@@ -52,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
+    p.add_argument("--cas", type=int, default=None, metavar="N",
+                   help="conditional models: Classification Accuracy Score with N generated images, and the augmentation gain")
+    p.add_argument("--cas-real-subset", type=int, default=1000, help="real images of the augmentation comparison")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering ARI/NMI, PCA/t-SNE plot, PCA comparison")
@@ -88,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import RunDirError, TrainingDiverged
 
     try:
-        handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "analyze": _analyze,
+        handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "generate": _generate, "analyze": _analyze,
                    "push": _push, "space": _space, "app": _app}[args.command]
         return handler(args)
     except (*USER_ERRORS, RunDirError, TrainingDiverged, ValueError) as err:
@@ -182,10 +201,32 @@ def _eval(args: argparse.Namespace) -> int:
     if not 2 <= args.num_samples <= 100_000:
         raise ConfigError(f"--num-samples must be between 2 and 100000 (FID needs at least 2), got {args.num_samples}")
     family = _load_run(args)
-    result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, **_generation_options(args))
+    if args.cas is not None and not (10 <= args.cas <= 1_000_000 and 10 <= args.cas_real_subset):
+        raise ConfigError("--cas and --cas-real-subset must be at least 10 (and --cas at most 1000000)")
+    result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, cas=args.cas,
+                          cas_real_subset=args.cas_real_subset, **_generation_options(args))
     if Path(args.run).is_dir():  # kept beside the run: the model card shows it
         (Path(args.run) / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .synthetic import export, push_dataset
+
+    fmt = args.format or ("parquet" if args.push_to_hub else "save_to_disk")
+    if args.push_to_hub and fmt != "parquet":
+        raise ConfigError("--push-to-hub uploads parquet files: use --format parquet (the default with --push-to-hub)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    options = _generation_options(args)
+    family = _load_run(args)
+    info = export(family, args.out, args.n, fmt, seed=args.seed, batch_size=args.batch_size, class_label=args.class_label,
+                  source=Path(args.run).name if Path(args.run).exists() else args.run, **options)  # no local path in the card
+    report = {"out": args.out, "format": fmt, **{k: v for k, v in info.items() if k != "class_names"}}
+    if args.push_to_hub:
+        report["pushed"] = push_dataset(args.out, args.push_to_hub, private=args.private)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -195,8 +236,12 @@ def _analyze(args: argparse.Namespace) -> int:
         clustering_scores,
         encode,
         has_encoder,
+        ica_components,
         pca_baseline,
+        pca_components,
         plot_embeddings,
+        plot_som,
+        som_scores,
         subspace_angles_to_pca,
         to_flat,
     )
@@ -209,10 +254,16 @@ def _analyze(args: argparse.Namespace) -> int:
     test = real_images(data, data.eval_split or data.split, args.num_images)
     latents = encode(family, to_unit(test))
     labels = test.labels.numpy()
+    k = family.info.num_classes
     out = Path(args.out or resolve(args.run))
     out.mkdir(parents=True, exist_ok=True)
-    report = {"latent_dim": int(latents.shape[1]), "clustering": clustering_scores(latents, labels, family.info.num_classes),
-              "plot": str(plot_embeddings(latents, labels, family.info.class_names, out / "latents.png"))}
+    ica = ica_components(latents)
+    som, som_map, som_points, som_labels = som_scores(latents, labels, k)
+    report = {"latent_dim": int(latents.shape[1]), "clustering": clustering_scores(latents, labels, k),
+              "pca_clustering": clustering_scores(pca_components(latents, ica.shape[1]), labels, k),
+              "ica_clustering": clustering_scores(ica, labels, k), "ica_components": int(ica.shape[1]), "som": som,
+              "plot": str(plot_embeddings(latents, labels, family.info.class_names, out / "latents.png", ica=ica)),
+              "som_plot": str(plot_som(som_map, som_points, som_labels, family.info.class_names, out / "som.png"))}
     model = family.models["model"]
     if getattr(model, "latent_dim", None) and family.config.model.get("linear"):
         _, pca = pca_baseline(to_flat(real_images(data, data.split, 10000)), to_flat(test), model.latent_dim)

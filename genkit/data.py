@@ -168,7 +168,7 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
     if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*")):
         has_splits = (path / "train").is_dir()
         if has_splits and not (path / split).is_dir():
-            raise DataSourceError(f"imagefolder {path} has no {split!r} sub-folder")
+            raise DataSourceError(f"imagefolder {path} has no {split!r} sub-folder (no such split)")
         if not has_splits and split != "train":
             raise DataSourceError(f"imagefolder {path} has no split sub-folders, only 'train' is available")
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)

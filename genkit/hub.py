@@ -106,7 +106,7 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
     """Create (or reuse) the model repo and upload the run's weights, configs, grid and card; returns the commit URL."""
     from huggingface_hub import HfApi
 
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as staging:
         prepare_upload(run_dir, repo_id, staging)
@@ -116,7 +116,8 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
     return str(getattr(info, "commit_url", info))
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
+    """Refuse anything but a plain owner/name (no paths, no URLs)."""
     if not HUB_ID.match(repo_id):
         raise ConfigError(f"repo id must look like owner/name (letters, digits, '-', '_', '.'), got {repo_id!r}")
 
@@ -150,7 +151,7 @@ def space_card(repo_id: str, models: list[str], allow_hub: bool) -> str:
 def prepare_space(repo_id: str, models: list[str], folder: str | Path, allow_hub: bool = True) -> list[str]:
     """Write into `folder` the exact Space: app, the genkit package it imports, requirements, card and model list."""
     folder = Path(folder)
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     for model in models:
         if not HUB_ID.match(model):
             raise ConfigError(f"--model must be a Hub model id owner/name, got {model!r}")

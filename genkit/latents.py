@@ -85,8 +85,9 @@ def anomaly_auroc(errors: np.ndarray, labels: np.ndarray, anomalous: list[int]) 
     return float(roc_auc_score(positive, errors))
 
 
-def plot_embeddings(latents: np.ndarray, labels: np.ndarray, class_names: list[str], path: str | Path, max_points: int = 2000, seed: int = 0) -> Path:
-    """Side-by-side PCA and t-SNE scatter plots of the latents, coloured by label."""
+def plot_embeddings(latents: np.ndarray, labels: np.ndarray, class_names: list[str], path: str | Path, max_points: int = 2000, seed: int = 0,
+                    ica: np.ndarray | None = None) -> Path:
+    """Side-by-side PCA, (ICA,) and t-SNE scatter plots of the latents, coloured by label; `ica` holds the ICA sources."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,9 +96,12 @@ def plot_embeddings(latents: np.ndarray, labels: np.ndarray, class_names: list[s
 
     idx = np.random.default_rng(seed).permutation(len(latents))[:max_points]
     z, y = latents[idx], labels[idx]
-    views = {"PCA": PCA(2, random_state=seed).fit_transform(z) if z.shape[1] > 2 else z,
-             "t-SNE": TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(z) - 1)).fit_transform(z)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    views = {"PCA": PCA(2, random_state=seed).fit_transform(z) if z.shape[1] > 2 else z}
+    if ica is not None and ica.shape[1] >= 2:
+        sources = ica[idx]
+        views["ICA (2 most non-Gaussian sources)"] = sources[:, np.argsort(-np.abs(_kurtosis(sources)))[:2]]
+    views["t-SNE"] = TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(z) - 1)).fit_transform(z)
+    fig, axes = plt.subplots(1, len(views), figsize=(6 * len(views), 5))
     for ax, (title, xy) in zip(axes, views.items()):
         scatter = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=4, vmin=0, vmax=max(9, len(class_names) - 1))
         ax.set_title(f"{title} of {latents.shape[1]}-d latents")
@@ -109,6 +113,11 @@ def plot_embeddings(latents: np.ndarray, labels: np.ndarray, class_names: list[s
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def _kurtosis(x: np.ndarray) -> np.ndarray:
+    x = (x - x.mean(0)) / (x.std(0) + 1e-12)
+    return (x**4).mean(0) - 3
 
 
 def subspace_angles_to_pca(decoder_weight: np.ndarray, pca: PCA) -> np.ndarray:
@@ -127,3 +136,116 @@ def grid_points(n: int, span: float) -> torch.Tensor:
 def to_flat(data: ImageTensors) -> np.ndarray:
     """uint8 images -> (N, pixels) floats in [0, 1]."""
     return (data.images.float() / 255.0).flatten(1).numpy()
+
+
+# ---- ICA and the self-organising map --------------------------------------------------------------------------
+
+
+def pca_components(latents: np.ndarray, n_components: int = 10, seed: int = 0) -> np.ndarray:
+    """The first principal components of the (standardised) latents: the baseline beside ICA."""
+    z = (latents - latents.mean(0)) / (latents.std(0) + 1e-8)
+    return PCA(min(n_components, z.shape[1]), random_state=seed).fit_transform(z)
+
+
+def ica_components(latents: np.ndarray, n_components: int | None = None, seed: int = 0) -> np.ndarray:
+    """FastICA sources of the (standardised) latents: at most 10 maximally non-Gaussian directions."""
+    from sklearn.decomposition import FastICA
+
+    z = latents[:, latents.std(0) > 1e-6]  # dead units (always zero) have no direction to unmix
+    z = (z - z.mean(0)) / z.std(0)
+    k = min(n_components or 10, int(np.linalg.matrix_rank(z)))  # whitening needs a full-rank set of directions
+    return FastICA(k, whiten="unit-variance", random_state=seed, max_iter=1000, tol=1e-3).fit_transform(z)
+
+
+class SelfOrganizingMap:
+    """A rectangular Kohonen map trained in batch mode: every epoch each unit moves to the neighbourhood-weighted mean of
+    the points, with a Gaussian neighbourhood that shrinks from half the map to one unit."""
+
+    def __init__(self, rows: int = 10, cols: int = 10, epochs: int = 30, seed: int = 0):
+        self.rows, self.cols, self.epochs, self.seed = rows, cols, epochs, seed
+        grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1).reshape(-1, 2)
+        self.grid_distances = ((grid[:, None, :] - grid[None, :, :]) ** 2).sum(-1)  # squared, unit to unit
+        self.codebook: np.ndarray | None = None
+
+    def fit(self, x: np.ndarray) -> "SelfOrganizingMap":
+        """Learn the codebook (units x features) from points initialised on random samples."""
+        rng = np.random.default_rng(self.seed)
+        self.codebook = x[rng.choice(len(x), self.rows * self.cols, replace=len(x) < self.rows * self.cols)].astype(np.float64)
+        start, end = max(self.rows, self.cols) / 2, 1.0
+        for epoch in range(self.epochs):
+            sigma = start * (end / start) ** (epoch / max(1, self.epochs - 1))
+            h = np.exp(-self.grid_distances / (2 * sigma**2))[self.bmu(x)]  # (points, units)
+            self.codebook = (h.T @ x) / (h.sum(0)[:, None] + 1e-12)
+        return self
+
+    def bmu(self, x: np.ndarray) -> np.ndarray:
+        """Index of each point's best-matching unit."""
+        d = (x**2).sum(1)[:, None] - 2 * x @ self.codebook.T + (self.codebook**2).sum(1)[None]
+        return d.argmin(1)
+
+    def quantization_error(self, x: np.ndarray) -> float:
+        """Mean distance of the points to their best-matching units."""
+        return float(np.linalg.norm(x - self.codebook[self.bmu(x)], axis=1).mean())
+
+    def topographic_error(self, x: np.ndarray) -> float:
+        """Fraction of points whose two best units are not neighbours on the map (0: the map preserves topology)."""
+        d = (x**2).sum(1)[:, None] - 2 * x @ self.codebook.T + (self.codebook**2).sum(1)[None]
+        first, second = np.argsort(d, 1)[:, :2].T
+        return float((self.grid_distances[first, second] > 2).mean())
+
+    def u_matrix(self) -> np.ndarray:
+        """(rows, cols): mean codebook distance of each unit to its 4 grid neighbours; ridges separate clusters."""
+        near = self.grid_distances == 1
+        dist = np.linalg.norm(self.codebook[:, None] - self.codebook[None], axis=-1)
+        return ((dist * near).sum(1) / near.sum(1)).reshape(self.rows, self.cols)
+
+    def class_map(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(rows, cols): the majority label of the points each unit wins (-1 for units that win none)."""
+        winners = self.bmu(x)
+        out = np.full(self.rows * self.cols, -1)
+        for unit in np.unique(winners):
+            out[unit] = np.bincount(labels[winners == unit]).argmax()
+        return out.reshape(self.rows, self.cols)
+
+
+def som_scores(latents: np.ndarray, labels: np.ndarray, n_clusters: int, rows: int = 10, cols: int = 10, max_points: int = 3000,
+               seed: int = 0) -> tuple[dict[str, float], SelfOrganizingMap, np.ndarray, np.ndarray]:
+    """Train a SOM on standardised latents; ARI/NMI of its units grouped into `n_clusters` (K-Means on the codebook),
+    unit purity, quantisation and topographic errors. Also returns the map and the points and labels it saw."""
+    idx = np.random.default_rng(seed).permutation(len(latents))[:max_points]
+    z, y = latents[idx], labels[idx]
+    z = (z - z.mean(0)) / (z.std(0) + 1e-8)
+    som = SelfOrganizingMap(rows, cols, seed=seed).fit(z)
+    winners = som.bmu(z)
+    groups = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(som.codebook)[winners]
+    majority = som.class_map(z, y).reshape(-1)[winners]
+    scores = {"ari": float(adjusted_rand_score(y, groups)), "nmi": float(normalized_mutual_info_score(y, groups)),
+              "unit_purity": float((majority == y).mean()), "quantization_error": som.quantization_error(z),
+              "topographic_error": som.topographic_error(z), "units": rows * cols}
+    return scores, som, z, y
+
+
+def plot_som(som: SelfOrganizingMap, z: np.ndarray, labels: np.ndarray, class_names: list[str], path: str | Path) -> Path:
+    """The U-matrix beside the class map (majority label per unit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    shown = left.imshow(som.u_matrix(), cmap="bone_r")
+    left.set_title("U-matrix (distance to neighbouring units)")
+    fig.colorbar(shown, ax=left, fraction=0.046)
+    classes = np.ma.masked_less(som.class_map(z, labels), 0)
+    right.imshow(classes, cmap="tab10", vmin=0, vmax=max(9, len(class_names) - 1))
+    for (r, c), value in np.ndenumerate(classes.filled(-1)):
+        if value >= 0:
+            right.text(c, r, class_names[value][:3], ha="center", va="center", fontsize=6)
+    right.set_title("class map (majority label per unit)")
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

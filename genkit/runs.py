@@ -17,7 +17,7 @@ from .families import FAMILIES, DataInfo, Family, get_family
 RUN_FILES = ["training_config.json", "data_info.json", "metrics.json", "eval_results.json", "samples.png", "loss_curve.png"]
 LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_files, what loading a run reads
 # what genkit itself writes into a run directory besides the exported models (cleared by --overwrite)
-GENERATED = [*RUN_FILES, "run.json", "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png"]
+GENERATED = [*RUN_FILES, "run.json", "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
 
 

@@ -134,6 +134,10 @@ def test_eval_reports_pca_baseline_and_anomaly_auroc(tiny_idx, tmp_path, capsys)
     assert main(["analyze", str(tmp_path / "run"), "--num-images", "64"]) == 0
     report = json.loads((tmp_path / "run" / "analysis.json").read_text())
     assert set(report["clustering"]) == {"kmeans", "hierarchical", "dbscan"} and (tmp_path / "run" / "latents.png").is_file()
+    for key in ["pca_clustering", "ica_clustering"]:
+        assert set(report[key]) == {"kmeans", "hierarchical", "dbscan"}
+    assert 1 <= report["ica_components"] <= 8 and 0 <= report["som"]["unit_purity"] <= 1 and report["som"]["units"] == 100
+    assert (tmp_path / "run" / "som.png").is_file()
 
 
 def test_linear_autoencoder_compared_with_pca(tmp_path):
