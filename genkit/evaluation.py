@@ -74,7 +74,9 @@ def feature_distances(real: torch.Tensor, fake: torch.Tensor, classifier: nn.Mod
         for images, is_real in ((real, True), (fake, False)):
             for chunk in images.split(batch_size):
                 metric.update(chunk.to(device), real=is_real)
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng(devices=[]):  # KID's random subsets, seeded: the same images give the same score
+        torch.manual_seed(0)
+        kid_mean, kid_std = kid.compute()
     return {"fid": fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item()}
 
 

@@ -41,6 +41,9 @@ def test_fid_separates_real_from_fake_and_has_a_floor(tiny_idx, cache):
     floor = feature_distances(test, train, clf)
     noise = feature_distances(test, torch.rand(200, 1, 28, 28), clf)
     assert floor["fid"] >= 0 and noise["fid"] > 5 * floor["fid"] and noise["kid"] > floor["kid"]
+    again = feature_distances(test, torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(1)), clf)
+    twice = feature_distances(test, torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(1)), clf)
+    assert again["kid"] == twice["kid"] and again["kid_std"] == twice["kid_std"]  # seeded subsets: one score per image set
 
 
 def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):

@@ -165,3 +165,29 @@ def test_linear_autoencoder_cannot_beat_pca_on_its_training_data(tiny_idx, tmp_p
     assert 0.95 * pca_mse <= ae_mse < 3 * pca_mse  # PCA is the optimum among rank-8 linear maps; the AE gets close
     with pytest.raises(ConfigError, match="set model.loss to 'mse'"):
         train(tiny_config(tiny_idx, tmp_path / "bad", model={"hidden_dims": [8], "linear": True}))
+
+
+def test_rbm_pseudo_likelihood_is_exact():
+    import math
+
+    import torch.nn.functional as F
+
+    from genkit.config import TrainConfig
+    from genkit.families.base import DataInfo
+    from genkit.families.rbm import BernoulliRBM, RBMFamily
+
+    torch.manual_seed(0)
+    rbm = BernoulliRBM([1, 3, 3], hidden=4)
+    with torch.no_grad():
+        for p in rbm.parameters():
+            p.normal_()
+    family = RBMFamily(TrainConfig(family="rbm"), DataInfo(1, 3, ["0"]), {"model": rbm})
+    x = (torch.rand(5, 1, 3, 3) > 0.5).float()
+    expected = 0.0
+    for v in x.flatten(1):  # by definition: each pixel's conditional from the two free energies
+        for i in range(9):
+            other = v.clone()
+            other[i] = 1 - other[i]
+            expected += -F.logsigmoid(rbm.free_energy(other[None]) - rbm.free_energy(v[None])).item()
+    assert family.pseudo_nll(x, chunk=4).item() == pytest.approx(expected / 5, rel=1e-5)
+    assert family.pseudo_nll(x).item() == family.pseudo_nll(x).item() and not math.isnan(expected)
