@@ -28,13 +28,13 @@ def portable_config(config: TrainConfig) -> TrainConfig:
     values = config.to_dict()
     values["output_dir"] = f"runs/{Path(config.output_dir).name}"
     values["data"]["data_dir"] = None
-    values["data"]["source"] = _bare(config.data.source)
-    values["init_from"] = _bare(config.init_from)
-    values["model"] = {key: _bare(value) for key, value in config.model.items()}  # latent diffusion's autoencoder run
+    values["data"]["source"] = bare(config.data.source)
+    values["init_from"] = bare(config.init_from)
+    values["model"] = {key: bare(value) for key, value in config.model.items()}  # latent diffusion's autoencoder run
     return TrainConfig.from_dict(values)
 
 
-def _bare(value: Any) -> Any:
+def bare(value: Any) -> Any:
     """A local path -> its last component; anything else unchanged."""
     if isinstance(value, str) and (os.path.isabs(value) or value.startswith(("~", ".")) or Path(value).exists()):
         return Path(value).name
@@ -90,8 +90,7 @@ def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path) -> lis
     run_dir, folder = Path(run_dir), Path(folder)
     if not (run_dir / "training_config.json").is_file():
         raise ConfigError(f"{run_dir} is not a genkit run directory (no training_config.json)")
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"{folder} already exists and is not empty; choose an empty folder for the dry run")
+    require_empty(folder, "for the dry run")
     config = TrainConfig.load(run_dir)
     check_finished(run_dir, config)
     for rel in export_files(run_dir, config.family):  # an allow-list: nothing else in the folder can leak
@@ -114,6 +113,12 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
         info = api.upload_folder(folder_path=staging, repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message or f"Upload genkit run {Path(run_dir).name}")
     return str(getattr(info, "commit_url", info))
+
+
+def require_empty(folder: Path, purpose: str) -> None:
+    """Refuse to write into a folder that already holds something (nothing there is overwritten or mixed in)."""
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{folder} already exists and is not empty; choose an empty folder {purpose}")
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -157,8 +162,7 @@ def prepare_space(repo_id: str, models: list[str], folder: str | Path, allow_hub
             raise ConfigError(f"--model must be a Hub model id owner/name, got {model!r}")
     if not SPACE_APP.is_file():
         raise ConfigError(f"the Gradio app is not installed next to genkit ({SPACE_APP}); run `genkit space` from a source checkout")
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"{folder} already exists and is not empty; choose an empty folder for the Space")
+    require_empty(folder, "for the Space")
     package = Path(__file__).resolve().parent
     for source in sorted(package.rglob("*.py")):  # the Space imports genkit from here: no index or git URL needed
         target = folder / "genkit" / source.relative_to(package)

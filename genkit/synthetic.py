@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError
 from .families import Family
+from .hub import check_repo_id, require_empty
 
 FORMATS = ("save_to_disk", "imagefolder", "parquet")
 INFO_FILE = "genkit_generation.json"
@@ -86,8 +87,7 @@ def export(family: Family, out: str | Path, n: int, fmt: str = "save_to_disk", s
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not 1 <= n <= MAX_IMAGES:
         raise ConfigError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} already exists and is not empty; choose a new folder")
+    require_empty(out, "for the data set")
     plan_labels(family, 1, class_label)  # a wrong class label fails before any work
     info = generation_info(family, source, n, seed, class_label, options)
     names = family.info.class_names
@@ -162,8 +162,6 @@ def _size_category(n: int) -> str:
 def push_dataset(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Upload a parquet export (data files and card) as a dataset repo; returns the commit URL."""
     from huggingface_hub import HfApi
-
-    from .hub import check_repo_id
 
     folder = Path(folder)
     check_repo_id(repo_id)
