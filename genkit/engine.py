@@ -111,8 +111,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         accelerator.load_state(str(path))
         _apply_optimizer_settings(config, optimizers, schedulers)
         accelerator.print(f"resumed from {path} at step {state['step']}")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:  # run_dir exists: _check_writable made it
         if not resume:
             if overwrite:  # start clean: old checkpoints would otherwise be pruned, or resumed, as if they were this run's
                 runs.clear_outputs(run_dir)
@@ -333,7 +332,10 @@ def _apply_optimizer_settings(config: TrainConfig, optimizers: dict[str, torch.o
         for group, factor in zip(optimizer.param_groups, factors):
             group["initial_lr"], group["lr"] = config.learning_rate, config.learning_rate * factor
             group["weight_decay"] = config.weight_decay
-            group["betas" if "betas" in group else "momentum"] = tuple(config.betas) if "betas" in group else config.betas[0]
+            if "betas" in group:  # Adam / AdamW
+                group["betas"] = tuple(config.betas)
+            else:  # SGD takes its momentum from betas[0]
+                group["momentum"] = config.betas[0]
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -212,12 +212,17 @@ def save_image_tensors(data: ImageTensors, folder: str | Path) -> Path:
     return Path(folder)
 
 
+def _folder_config(folder: Path, like: DataConfig) -> DataConfig:
+    """A saved image set, shaped like `like`'s data (its held-out share evaluates; the real test split is scored apart)."""
+    return DataConfig(source=str(folder), eval_split=None, image_size=like.image_size, resize=like.resize, channels=like.channels)
+
+
 def train_and_test_classifier(folder: Path, like: DataConfig, test: ImageTensors, steps: int, seed: int = 0, batch_size: int = 128) -> float:
     """Train genkit's evaluation classifier on the images in `folder` for `steps` steps; its accuracy on `test`."""
     from .engine import train
     from .runs import load_family
 
-    data = DataConfig(source=str(folder), eval_split=None, image_size=like.image_size, resize=like.resize, channels=like.channels)
+    data = _folder_config(folder, like)
     run = folder.parent / f"{folder.name}-classifier"
     config = TrainConfig(family="classifier", data=data, output_dir=str(run), max_steps=steps, batch_size=batch_size, learning_rate=1e-3,
                          seed=seed, log_with="none", progress_bar=False, keep_last=1, eval_batches=5, checkpoint_every=steps)
@@ -261,8 +266,7 @@ def classification_accuracy_score(family, num_images: int = 10000, real_subset: 
     with tempfile.TemporaryDirectory(prefix="genkit-cas-") as tmp, _cache_in(Path(tmp) / "cache"):  # temporary sets: no cache entries left behind
         root = Path(tmp)
         export(family, root / "generated", num_images, "save_to_disk", seed=seed, progress=False, **options)
-        generated = load_split(DataConfig(source=str(root / "generated"), eval_split=None, image_size=data.image_size, resize=data.resize,
-                                          channels=data.channels), "train")
+        generated = load_split(_folder_config(root / "generated", data), "train")
         real = train_pool.select(order[:num_images])
         small = train_pool.select(order[:real_subset])
         both = ImageTensors(torch.cat([small.images, generated.images]), torch.cat([small.labels, generated.labels]), small.class_names)
