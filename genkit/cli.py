@@ -10,6 +10,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .data import DataSourceError
+from .runs import check_device, default_device
 
 USER_ERRORS = (ConfigError, DataSourceError, CheckpointError, FileNotFoundError)
 MAX_GRID_IMAGES = 1024  # `genkit sample` writes one grid; more images than this is no longer a picture
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
     p.add_argument("--out", default=None, help="grid PNG to write (default: RUN/reconstructions.png)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     p = sub.add_parser("sample", help="generate images from a trained run; write a grid PNG")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--n", type=int, default=16, help="number of images")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
 
     p = sub.add_parser("generate", help="generate a labelled synthetic data set (datasets format) from a trained run")
     p.add_argument("run", help="run directory or Hub repo id")
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None, help="also upload it as a dataset repo (parquet)")
     p.add_argument("--private", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
 
     p = sub.add_parser("eval", help="evaluate a trained run offline (FID/KID with a genkit classifier, ...)")
     p.add_argument("run", help="run directory or Hub repo id")
@@ -72,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conditional models: Classification Accuracy Score with N generated images, and the augmentation gain")
     p.add_argument("--cas-real-subset", type=int, default=1000, help="real images of the augmentation comparison")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering ARI/NMI, PCA/t-SNE plot, PCA comparison")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-images", type=int, default=5000)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for the plot and analysis.json (default: the run directory)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     p = sub.add_parser("push", help="upload a run to the Hugging Face Hub (weights, configs, grid, model card)")
     p.add_argument("run", help="run directory")
     p.add_argument("--repo-id", required=True, help="owner/name on the Hub")
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import RunDirError, TrainingDiverged
 
     try:
+        if getattr(args, "device", None):
+            check_device(args.device)
         handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "generate": _generate, "analyze": _analyze,
                    "push": _push, "space": _space, "app": _app}[args.command]
         return handler(args)

@@ -36,6 +36,9 @@ class DataConfig:
     corruption: str | None = None  # gaussian | salt_and_pepper | mask (input noise for denoising models)
     corruption_level: float = 0.3
     exclude_labels: list[int] = field(default_factory=list)  # drop these classes from training (anomaly studies)
+    hflip: bool = False  # random horizontal flips of training images (photos, not digits)
+    storage: str = "auto"  # auto (in memory up to 2 GiB of pixels, else memory-mapped) | memory | mmap
+    decode_workers: int | None = None  # processes for the one-time decode; default: every core
 
     def resolve_paths(self) -> "DataConfig":
         """Make local paths absolute, so a saved run still finds its data from another working directory."""
@@ -67,6 +70,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None
     mixed_precision: str = "no"  # no | fp16 | bf16
+    compile: bool = False  # torch.compile the models (pays on a GPU after a minute of compiling)
+    channels_last: bool = False  # NHWC memory format for convolutions (tensor cores)
+    allow_tf32: bool = True  # TF32 matmuls and convolutions on Ampere+ GPUs (no effect on the CPU)
+    fused_optimizer: bool | None = None  # fused Adam/AdamW kernels; default: on for CUDA
     ema_decay: float | None = None
     log_every: int = 50
     eval_every: int | None = None  # steps; default: once per epoch
@@ -148,6 +155,11 @@ class TrainConfig:
         _choice("data.resize", d.resize, ["pad", "resize"])
         _choice("data.channels", d.channels, [1, 3])
         _choice("data.corruption", d.corruption, [None, "gaussian", "salt_and_pepper", "mask"])
+        _choice("data.storage", d.storage, ["auto", "memory", "mmap"])
+        if d.decode_workers is not None and d.decode_workers < 1:
+            raise ConfigError(f"data.decode_workers must be >= 1 (or null for every core), got {d.decode_workers}")
+        if self.fused_optimizer and self.optimizer == "sgd":
+            raise ConfigError("fused_optimizer applies to adam and adamw; set it to null or false with optimizer sgd")
         if self.log_with not in (None, "none", "tensorboard"):
             raise ConfigError(f"log_with must be 'tensorboard' or 'none', got {self.log_with!r}")
         for name in ["batch_size", "gradient_accumulation_steps", "keep_last", "log_every", "eval_batches", "num_samples"]:

@@ -14,8 +14,10 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -33,7 +35,7 @@ BUILTIN = {  # name -> (Hub id, class names, folders searched for local IDX file
     "fashion_mnist": ("zalando-datasets/fashion_mnist", FASHION_MNIST_NAMES, ["/usr/share/datasets/fashion-mnist"]),
 }
 IDX_PREFIX = {"train": "train", "test": "t10k"}
-CACHE_VERSION = 1  # bump when the decoding changes
+CACHE_VERSION = 2  # bump when the decoding changes
 MAX_IDX_SIDE = 4096  # pixels per side of an IDX image
 MAX_IDX_BYTES = 2**34  # 16 GiB: beyond any IDX data set, far below what a crafted header can claim
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -171,8 +173,32 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
             raise DataSourceError(f"imagefolder {path} has no {split!r} sub-folder (no such split)")
         if not has_splits and split != "train":
             raise DataSourceError(f"imagefolder {path} has no split sub-folders, only 'train' is available")
-        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        return _scan_imagefolder(path / split if has_splits else path) or datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
     raise DataSourceError(f"{path} holds no images, IDX files, parquet files or saved dataset")
+
+
+def _scan_imagefolder(root: Path) -> datasets.Dataset | None:
+    """The plain layout, root/<class>/<image>, listed directly (datasets' builder takes minutes at a million files).
+
+    Labels are the sorted names of the images' parent folders, as datasets' imagefolder names them. None when the folder
+    holds anything else (metadata files, images at several depths): then datasets' own loader handles it.
+    """
+    paths, classes = [], []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                return None
+            paths.append(os.path.join(folder, name))
+            classes.append(os.path.relpath(folder, root))
+    names = sorted(set(classes))
+    if not paths or "." in names or any(os.sep in c for c in names):
+        return None
+    index = {c: i for i, c in enumerate(names)}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": [index[c] for c in classes]}, features=features)
 
 
 def _standardize(ds: datasets.Dataset, names: list[str] | None = None) -> datasets.Dataset:
@@ -200,74 +226,123 @@ def _standardize(ds: datasets.Dataset, names: list[str] | None = None) -> datase
     return ds
 
 
-# ---- datasets.Dataset -> in-memory tensors --------------------------------------------------------------
+# ---- datasets.Dataset -> uint8 tensors, decoded once into a memory-mapped cache ----------------------------
 
 
 @dataclass
 class ImageTensors:
-    """A whole split decoded once: uint8 images (N, C, H, W), int64 labels and the class names."""
+    """A decoded split: uint8 images (N, C, H, W), int64 labels and the class names.
+
+    `images` is either in memory (small splits, on the GPU when there is one) or, with `mapped`, memory-mapped from
+    the decode cache (large splits: pages are read as batches touch them, shared by every process on the node).
+    `rows`, when set, is a lazy subset of a mapped split, so a hold-out of a 1M-image split copies no pixels.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
+    mapped: bool = False
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.rows) if self.rows is not None else len(self.images)
 
-    def to(self, device: torch.device | str) -> "ImageTensors":
-        """Move images and labels to `device`."""
-        return ImageTensors(self.images.to(device), self.labels.to(device), self.class_names)
+    @property
+    def nbytes(self) -> int:
+        """Bytes of pixels in this split (or subset)."""
+        return len(self) * self.images[0].numel()
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels at `index` (positions within this split or subset)."""
+        if self.rows is not None:
+            index = self.rows[index.cpu()]
+        index = index.to(self.images.device)
+        return self.images[index], self.labels[index.to(self.labels.device)]
 
     def select(self, index: torch.Tensor) -> "ImageTensors":
-        """The subset at `index`."""
-        return ImageTensors(self.images[index], self.labels[index], self.class_names)
+        """The subset at `index`: copied when it is small, a lazy view of a large memory-mapped split."""
+        if self.mapped and len(index) * self.images[0].numel() > MEMORY_LIMIT_BYTES:
+            rows = index.cpu() if self.rows is None else self.rows[index.cpu()]
+            return ImageTensors(self.images, self.labels, self.class_names, True, rows)
+        images, labels = self.take(index)
+        return ImageTensors(images, labels, self.class_names)
+
+    def in_memory(self) -> "ImageTensors":
+        """The same data read whole into memory."""
+        if not self.mapped:
+            return self
+        images, labels = self.take(torch.arange(len(self)))
+        return ImageTensors(images.clone(), labels.clone(), self.class_names)
+
+    def to(self, device: torch.device | str) -> "ImageTensors":
+        """Move images and labels to `device` (a memory-mapped split stays mapped on the CPU)."""
+        if torch.device(device).type == "cpu" and self.mapped:
+            return self
+        data = self.in_memory()
+        return ImageTensors(data.images.to(device), data.labels.to(device), self.class_names)
+
+
+MEMORY_LIMIT_BYTES = 2 * 2**30  # storage "auto": splits up to 2 GiB of pixels are held in (accelerator) memory
 
 
 def to_tensors(ds: datasets.Dataset, image_size: int, channels: int = 1, resize: str = "pad", chunk: int = 2000) -> ImageTensors:
-    """Decode every image once (PIL, here only) into a uint8 tensor of the requested size and channels."""
-    mode = "L" if channels == 1 else "RGB"
-    out = np.empty((len(ds), image_size, image_size, channels), dtype=np.uint8)
+    """Decode every image once, in this process, into an in-memory uint8 tensor of the requested size and channels."""
+    out = np.empty((len(ds), channels, image_size, image_size), dtype=np.uint8)
+    raw = _undecoded(ds)
     for start in range(0, len(ds), chunk):
-        try:
-            rows = ds[start : start + chunk]["image"]
-            for i, img in enumerate(rows):
-                out[start + i] = _fit(img, mode, image_size, resize).reshape(image_size, image_size, channels)
-        except Exception as err:  # PIL raises many types for a broken file; name the file instead of a traceback
-            raise DataSourceError(f"cannot read image {_unreadable(ds, start, start + chunk)}: {type(err).__name__}: {err}. "
-                                  "Remove or replace that file") from None
-    images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor(ds["label"], dtype=torch.int64)
-    return ImageTensors(images, labels, list(ds.features["label"].names))
+        rows = raw[start : start + chunk]["image"]
+        out[start : start + len(rows)] = _decode_rows(rows, start, image_size, channels, resize)
+    return ImageTensors(torch.from_numpy(out), torch.tensor(ds["label"], dtype=torch.int64), list(ds.features["label"].names))
 
 
-def _unreadable(ds: datasets.Dataset, start: int, stop: int) -> str:
-    """The file name (or row number) of the first image in rows [start, stop) that PIL cannot decode."""
-    raw = ds.select(range(start, min(stop, len(ds)))).cast_column("image", datasets.Image(decode=False))
-    for i, item in enumerate(raw["image"]):
+def _undecoded(ds: datasets.Dataset) -> datasets.Dataset:
+    """The image column as raw bytes/paths: genkit decodes itself, so a broken file can be named."""
+    return ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+
+
+def _decode_rows(rows: list[dict[str, Any]], start: int, size: int, channels: int, resize: str) -> np.ndarray:
+    """Undecoded image cells -> uint8 array (n, C, size, size)."""
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(rows), channels, size, size), dtype=np.uint8)
+    for i, item in enumerate(rows):
         try:
             with PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as img:
-                img.load()
-        except Exception:
-            return repr(item.get("path") or f"row {start + i}")
-    return f"in rows {start}-{stop - 1}"
+                if resize == "resize" and img.format == "JPEG":
+                    img.draft(mode, (size, size))  # let the JPEG decoder downscale: far less work for large photos
+                out[i] = _fit(img, mode, size, resize).reshape(size, size, channels).transpose(2, 0, 1)
+        except Exception as err:  # PIL raises many types for a broken file; name the file instead of a traceback
+            name = repr(item.get("path") or f"row {start + i}")
+            raise DataSourceError(f"cannot read image {name}: {type(err).__name__}: {err}. Remove or replace that file") from None
+    return out
 
 
+def _decode_into(batch: dict[str, list], indices: list[int], path: str, size: int, channels: int, resize: str) -> None:
+    """`datasets.map` worker: decode a batch and write it into the cache's memory map at its row numbers."""
+    out = np.load(path, mmap_mode="r+")
+    out[indices[0] : indices[-1] + 1] = _decode_rows(batch["image"], indices[0], size, channels, resize)
+    out.flush()
 def _fit(img: PILImage.Image, mode: str, size: int, resize: str) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "P"):  # flatten transparency onto black, the background of MNIST-like data
         img = img.convert("RGBA")
         background = PILImage.new("RGBA", img.size, (0, 0, 0, 255))
         img = PILImage.alpha_composite(background, img)
-    img = img.convert(mode)
+    if img.mode != mode:
+        img = img.convert(mode)
     w, h = img.size
     if resize == "pad" and w <= size and h <= size:
-        arr = np.asarray(img)
-        if (w, h) == (size, size):
-            return arr
-        top, left = (size - h) // 2, (size - w) // 2
-        padded = np.zeros((size, size) + arr.shape[2:], dtype=np.uint8)
-        padded[top : top + h, left : left + w] = arr
-        return padded
+        return _pad(np.asarray(img), size)
     return np.asarray(img.resize((size, size), PILImage.BILINEAR))
+
+
+def _pad(arr: np.ndarray, size: int) -> np.ndarray:
+    """Centre an (h, w[, c]) image on a black size x size canvas."""
+    h, w = arr.shape[:2]
+    if (h, w) == (size, size):
+        return arr
+    top, left = (size - h) // 2, (size - w) // 2
+    padded = np.zeros((size, size) + arr.shape[2:], dtype=np.uint8)
+    padded[top : top + h, left : left + w] = arr
+    return padded
 
 
 def cache_dir() -> Path:
@@ -276,7 +351,7 @@ def cache_dir() -> Path:
 
 
 def _local_files(cfg: DataConfig, split: str) -> list[Path] | None:
-    """The local files a split is read from (None for Hub sources, which are not cached here)."""
+    """The local files a split is read from (None for Hub sources)."""
     name = cfg.source.lower().replace("-", "_")
     if name in BUILTIN:
         folder = locate_idx(name, split, cfg.data_dir)
@@ -287,34 +362,72 @@ def _local_files(cfg: DataConfig, split: str) -> list[Path] | None:
     return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def _cache_path(cfg: DataConfig, split: str, subset: int | None) -> Path | None:
-    files = _local_files(cfg, split)
-    if not files:
-        return None
-    stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = json.dumps([cfg.source, stamp, split, subset, cfg.image_size, cfg.resize, cfg.channels, sorted(cfg.exclude_labels), CACHE_VERSION])
-    return cache_dir() / "tensors" / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
-
-
 def load_split(cfg: DataConfig, split: str, subset: int | None = None) -> ImageTensors:
-    """Load, subset, filter and decode one split according to `cfg` (local sources: decoded once, then cached)."""
-    cached = _cache_path(cfg, split, subset)
-    if cached is not None and cached.is_file():
+    """One split, subset and filtered as `cfg` says, decoded once into the cache, then read from it.
+
+    The cache entry is keyed by the source (local files by path, size and time; Hub datasets by their fingerprint)
+    and every option that changes the pixels, so any process on the node, in any later run, reuses it.
+    """
+    files = _local_files(cfg, split)
+    ds = None
+    if files is None:  # a Hub dataset: its fingerprint says which version the local copy is
+        ds = load_image_dataset(cfg.source, split, cfg.data_dir)
+        stamp: Any = ds._fingerprint
+    else:
+        stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = json.dumps([cfg.source, stamp, split, subset, cfg.image_size, cfg.resize, cfg.channels, sorted(cfg.exclude_labels), CACHE_VERSION])
+    entry = cache_dir() / "decoded" / hashlib.sha1(key.encode()).hexdigest()
+    if (entry / "meta.json").is_file():
         try:
-            return ImageTensors(**torch.load(cached, weights_only=True))
-        except Exception:  # a damaged cache entry is rebuilt, never fatal
-            logger.warning("ignoring unreadable cache entry %s", cached)
-    data = _decode_split(cfg, split, subset)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"images": data.images, "labels": data.labels, "class_names": data.class_names}, tmp)
-        tmp.replace(cached)  # atomic: concurrent processes never read a half-written file
-    return data
+            return _open_entry(entry, cfg.storage)
+        except Exception:  # a damaged entry is rebuilt, never fatal
+            logger.warning("rebuilding unreadable cache entry %s", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+    _write_entry(entry, cfg, split, subset, ds)
+    return _open_entry(entry, cfg.storage)
 
 
-def _decode_split(cfg: DataConfig, split: str, subset: int | None) -> ImageTensors:
-    ds = load_image_dataset(cfg.source, split, cfg.data_dir)
+def _write_entry(entry: Path, cfg: DataConfig, split: str, subset: int | None, ds: datasets.Dataset | None) -> None:
+    """Decode the split into a temporary folder, then rename it into place (concurrent writers never clash)."""
+    tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        idx = None if ds is not None else _idx_arrays(cfg, split)
+        if idx is not None:  # MNIST-format files are already pixel arrays: no image codec involved
+            images, labels, names = _select(cfg, subset, *idx)
+            out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(images), cfg.channels, cfg.image_size, cfg.image_size))
+            for start in range(0, len(images), 10_000):
+                out[start : start + 10_000] = _fit_arrays(images[start : start + 10_000], cfg)
+            out.flush()
+            del out
+        else:
+            ds = _filtered(ds if ds is not None else load_image_dataset(cfg.source, split, cfg.data_dir), cfg, split, subset)
+            labels, names = np.asarray(ds["label"], dtype=np.int64), list(ds.features["label"].names)
+            np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(ds), cfg.channels, cfg.image_size, cfg.image_size))
+            _decode_parallel(ds, str(tmp / "images.npy"), cfg)
+        np.save(tmp / "labels.npy", labels)
+        (tmp / "meta.json").write_text(json.dumps({"class_names": names, "source": cfg.source, "split": split, "subset": subset}))
+        try:
+            tmp.rename(entry)
+        except OSError:  # another process finished the same entry first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _open_entry(entry: Path, storage: str) -> ImageTensors:
+    """A cache entry as ImageTensors: read whole when small (or asked), memory-mapped otherwise."""
+    images = np.load(entry / "images.npy", mmap_mode="c")  # copy-on-write: the tensor is writable, the file never written
+    labels = torch.from_numpy(np.load(entry / "labels.npy"))
+    names = json.loads((entry / "meta.json").read_text())["class_names"]
+    if storage == "memory" or storage == "auto" and images.nbytes <= MEMORY_LIMIT_BYTES:
+        return ImageTensors(torch.from_numpy(np.array(images)), labels, names)
+    return ImageTensors(torch.from_numpy(images), labels, names, mapped=True)
+
+
+def _filtered(ds: datasets.Dataset, cfg: DataConfig, split: str, subset: int | None) -> datasets.Dataset:
     if cfg.exclude_labels:
         excluded = set(cfg.exclude_labels)
         ds = ds.filter(lambda labels: [lab not in excluded for lab in labels], input_columns="label", batched=True)
@@ -322,7 +435,50 @@ def _decode_split(cfg: DataConfig, split: str, subset: int | None) -> ImageTenso
         ds = ds.select(range(min(subset, len(ds))))
     if len(ds) == 0:
         raise DataSourceError(f"split {split!r} of {cfg.source!r} is empty after subset/exclude_labels")
-    return to_tensors(ds, cfg.image_size, cfg.channels, cfg.resize)
+    return ds
+
+
+def _idx_arrays(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Images (N, H, W), labels and class names of a split stored as IDX files, else None."""
+    name = cfg.source.lower().replace("-", "_")
+    folder = locate_idx(name, split, cfg.data_dir) if name in BUILTIN else Path(cfg.source).expanduser()
+    found = _find_idx(folder, split) if folder and folder.is_dir() else None
+    if not found:
+        return None
+    images, labels = (_read_idx(p) for p in found)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
+        raise DataSourceError(f"IDX files in {folder} do not hold images (N,H,W) with matching labels: {images.shape} vs {labels.shape}")
+    names = BUILTIN[name][1] if name in BUILTIN else [str(i) for i in range(int(labels.max()) + 1)]
+    return images, labels.astype(np.int64), names
+
+
+def _select(cfg: DataConfig, subset: int | None, images: np.ndarray, labels: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    keep = ~np.isin(labels, cfg.exclude_labels) if cfg.exclude_labels else slice(None)
+    images, labels = images[keep][:subset], labels[keep][:subset]
+    if len(labels) == 0:
+        raise DataSourceError(f"{cfg.source!r} is empty after subset/exclude_labels")
+    return images, labels, names
+
+
+def _fit_arrays(images: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """Grey (n, h, w) arrays -> (n, C, size, size): padded with numpy, resized or coloured through PIL."""
+    if cfg.channels == 1 and (cfg.resize == "pad" and max(images.shape[1:]) <= cfg.image_size):
+        return np.stack([_pad(a, cfg.image_size) for a in images])[:, None]
+    mode = "L" if cfg.channels == 1 else "RGB"
+    return np.stack([_fit(PILImage.fromarray(a), mode, cfg.image_size, cfg.resize).reshape(cfg.image_size, cfg.image_size, cfg.channels)
+                     for a in images]).transpose(0, 3, 1, 2)
+
+
+def _decode_parallel(ds: datasets.Dataset, path: str, cfg: DataConfig) -> None:
+    """Decode every image into the memory map at `path`, in `cfg.decode_workers` processes (default: all cores)."""
+    workers = cfg.decode_workers or min(os.cpu_count() or 1, 16)
+    workers = min(workers, max(1, len(ds) // DECODE_BATCH))  # a process per thousand images at least, or start-up dominates
+    kwargs = {"path": path, "size": cfg.image_size, "channels": cfg.channels, "resize": cfg.resize}
+    _undecoded(ds).map(_decode_into, batched=True, batch_size=DECODE_BATCH, with_indices=True, fn_kwargs=kwargs,
+                       num_proc=workers if workers > 1 else None, load_from_cache_file=False, desc=f"decoding {len(ds):,} images")
+
+
+DECODE_BATCH = 1000
 
 
 def load_train_eval(cfg: DataConfig, seed: int = 0) -> tuple[ImageTensors, ImageTensors]:
@@ -357,12 +513,23 @@ def to_unit_range(x: torch.Tensor, value_range: str) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1) if value_range == "-1,1" else x.clamp(0, 1)
 
 
-def make_batch(data: ImageTensors, index: torch.Tensor, cfg: DataConfig, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """A training batch: `image` (clean, model range), `input` (corrupted when configured) and `label`."""
-    index = index.to(data.images.device)
-    clean01 = data.images[index].float() / 255.0
+def make_batch(data: ImageTensors, index: torch.Tensor, cfg: DataConfig, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, augment: bool = False) -> dict[str, torch.Tensor]:
+    """A batch on `device`: `image` (clean, model range), `input` (corrupted when configured) and `label`.
+
+    `augment` applies the training-time augmentation (`data.hflip`); evaluation batches leave it off.
+    """
+    images, labels = data.take(index)
+    if device is not None and images.device != torch.device(device):  # a memory-mapped split: only the batch travels
+        pin = torch.device(device).type == "cuda"
+        images = (images.pin_memory() if pin else images).to(device, non_blocking=pin)
+        labels = labels.to(device, non_blocking=pin)
+    clean01 = images.float() / 255.0
+    if augment and cfg.hflip:
+        flip = torch.rand(len(clean01), generator=generator, device=generator.device if generator else "cpu") < 0.5
+        clean01 = torch.where(flip.to(clean01.device)[:, None, None, None], clean01.flip(-1), clean01)
     image = clean01 * 2 - 1 if cfg.value_range == "-1,1" else clean01
-    batch = {"image": image, "label": data.labels[index]}
+    batch = {"image": image, "label": labels}
     if cfg.corruption:
         noisy01 = corrupt(clean01, cfg.corruption, cfg.corruption_level, generator)
         batch["input"] = noisy01 * 2 - 1 if cfg.value_range == "-1,1" else noisy01

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import runs
 from .config import ConfigError, TrainConfig
-from .data import ShardedBatches, load_train_eval, make_batch
+from .data import ImageTensors, ShardedBatches, load_train_eval, make_batch
 from .families import DataInfo, Family, get_family
 from .families.base import unwrap
 from .plots import save_grid, save_loss_curve
@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_every", "sample_every", "checkpoint_every", "keep_last",
                      "early_stopping_patience", "push_to_hub", "hub_model_id", "hub_private", "log_with", "output_dir",
                      # optimizer hyper-parameters: applied over the saved optimizer state (the usual fix after a divergence)
-                     "learning_rate", "weight_decay", "betas", "max_grad_norm", "mixed_precision"}
+                     "learning_rate", "weight_decay", "betas", "max_grad_norm", "mixed_precision",
+                     # speed only: the same computation, laid out or compiled differently
+                     "compile", "channels_last", "allow_tf32", "fused_optimizer", "data.storage", "data.decode_workers"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,10 +68,13 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
                               project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")))
     set_seed(config.seed)  # the same on every process, so replicas start identical
 
-    # ---- data: decoded once into memory, on the accelerator's device -------------------------------------
-    with accelerator.main_process_first():
+    if accelerator.device.type == "cuda" and config.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # ---- data: decoded once per node into the cache; small splits then live on the device, large ones stay mapped ----
+    with accelerator.local_main_process_first():
         train_data, eval_data = load_train_eval(config.data, config.seed)
-    train_data, eval_data = train_data.to(accelerator.device), eval_data.to(accelerator.device)
+    train_data, eval_data = (data if data.mapped else data.to(accelerator.device) for data in (train_data, eval_data))
     info = DataInfo(config.data.channels, config.data.image_size, train_data.class_names, config.data.value_range)
     batches = ShardedBatches(len(train_data), config.batch_size, config.seed, accelerator.num_processes, accelerator.process_index)
     accum = config.gradient_accumulation_steps
@@ -89,11 +94,15 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         if config.trainable_layers:
             for part in family.parts:
                 freeze_all_but_last(family.models[part], config.trainable_layers)
-    optimizers = {part: _make_optimizer(config, family.models[part]) for part in family.parts}
+    optimizers = {part: _make_optimizer(config, family.models[part], accelerator.device) for part in family.parts}
     schedulers = {part: get_scheduler(config.lr_scheduler, opt, num_warmup_steps=config.warmup_steps, num_training_steps=max_steps)
                   for part, opt in optimizers.items()}
     for part in family.parts:
+        if config.channels_last:
+            family.models[part].to(memory_format=torch.channels_last)
         family.models[part], optimizers[part] = accelerator.prepare(family.models[part], optimizers[part])
+        if config.compile:  # compiles __call__ in place: parameter names, checkpoints and exports are unchanged
+            family.models[part].compile()
     ema = None
     if config.ema_decay:
         ema = EMAModel(unwrap(family.models[family.ema_part]).parameters(), decay=config.ema_decay)
@@ -122,7 +131,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     if log_with:
         accelerator.init_trackers("genkit", config={k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
 
-    eval_batches = _eval_batches(eval_data, config)
+    eval_batches = list(_eval_batches(eval_data, config, accelerator.device))
     sample_generator = torch.Generator(device="cpu")
 
     # ---- the loop -----------------------------------------------------------------------------------------
@@ -139,7 +148,9 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
                 model, optimizer = family.models[part], optimizers[part]
                 optimizer.zero_grad(set_to_none=True)  # also clears what another part's loss left here (GAN: D during the G step)
                 for micro in range(accum):
-                    batch = make_batch(train_data, batches(step * accum + micro), config.data)
+                    batch = make_batch(train_data, batches(step * accum + micro), config.data, device=accelerator.device, augment=True)
+                    if config.channels_last:
+                        batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in batch.items()}
                     sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
                     with sync, accelerator.autocast():
                         loss, logs = family.loss(part, batch)
@@ -174,7 +185,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             if at_eval or at_end:
                 with ema_weights(ema, family):
                     # the last evaluation covers the whole evaluation split: the final figures are test-set figures
-                    metrics = evaluate(family, _eval_batches(eval_data, config, whole=True) if at_end else eval_batches)
+                    metrics = evaluate(family, _eval_batches(eval_data, config, accelerator.device, whole=True) if at_end else eval_batches)
                     if accelerator.is_main_process and (step % sample_every == 0 or at_end):
                         sample_generator.manual_seed(config.seed)
                         images, nrow = family.sample_grid(eval_batches[0], sample_generator)
@@ -223,18 +234,19 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
 # ---- pieces of the loop ---------------------------------------------------------------------------------
 
 
-def evaluate(family: Family, eval_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def evaluate(family: Family, eval_batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Mean of the family's metrics over the evaluation batches (models in eval mode, then back)."""
     for model in family.models.values():
         model.eval()
     totals: dict[str, float] = {}
-    count = sum(len(batch["image"]) for batch in eval_batches)
+    count = 0
     for batch in eval_batches:  # weighted by batch size: the last batch may be short
         for key, value in family.evaluate(batch).items():
-            totals[key] = totals.get(key, 0.0) + value * len(batch["image"]) / count
+            totals[key] = totals.get(key, 0.0) + value * len(batch["image"])
+        count += len(batch["image"])
     for model in family.models.values():
         model.train()
-    return totals
+    return {key: total / count for key, total in totals.items()}
 
 
 @contextlib.contextmanager
@@ -294,22 +306,23 @@ def _init_from(family_cls: type[Family], source: str) -> dict[str, nn.Module]:
         raise ConfigError(f"init_from={source!r}: cannot load {family_cls.name} weights from it ({type(err).__name__}: {err})") from None
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters (check trainable_layers)")
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.betas[0], weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    fused = config.fused_optimizer if config.fused_optimizer is not None else device.type == "cuda"
+    return cls(params, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused or None)
 
 
-def _eval_batches(eval_data, config: TrainConfig, whole: bool = False) -> list[dict[str, torch.Tensor]]:
-    """Fixed evaluation batches (corruption drawn once from a seeded generator), the same at every evaluation."""
-    generator = torch.Generator(device=eval_data.images.device).manual_seed(config.seed + 1)
+def _eval_batches(eval_data: ImageTensors, config: TrainConfig, device: torch.device, whole: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Fixed evaluation batches (corruption drawn from a seeded generator), the same at every evaluation; made lazily."""
+    generator = torch.Generator(device=device).manual_seed(config.seed + 1)
     n = len(eval_data) if whole else min(len(eval_data), config.eval_batches * config.batch_size)
-    idx = torch.arange(n, device=eval_data.images.device)
-    return [make_batch(eval_data, chunk, config.data, generator) for chunk in idx.split(config.batch_size)]
+    for chunk in torch.arange(n).split(config.batch_size):
+        yield make_batch(eval_data, chunk, config.data, generator, device=device)
 
 
 def _check_finite(row: dict[str, float], step: int, config: TrainConfig) -> None:
@@ -414,7 +427,8 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: str | None, overw
         saved_config.data.resolve_paths()
         before = _flat(saved_config.to_dict())
         now = _flat(config.to_dict())
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
+        changed = sorted(k for k in set(before) | set(now)
+                         if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES and k.split(".")[0] not in RESUMABLE_CHANGES)
         if changed:
             raise RunDirError(f"--resume: the config differs from the saved run in {', '.join(changed)}; "
                               f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change when resuming")

@@ -94,6 +94,21 @@ def resolve(source: str) -> Path:
         raise ConfigError(f"cannot download {source!r} from the Hub ({type(err).__name__}: {str(err)[:200]})") from None
 
 
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu": the default of every command that loads a model."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before anything is loaded onto it."""
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if kind.type == "cuda" and (not torch.cuda.is_available() or (kind.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+
+
 def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
     """The trained family stored in the run directory `path`, models in eval mode on `device`."""
     config = TrainConfig.load(path)

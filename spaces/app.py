@@ -24,11 +24,11 @@ from genkit.corruption import CORRUPTIONS, corrupt
 from genkit.families import Family
 from genkit.latents import grid_points
 from genkit.plots import make_grid
-from genkit.runs import load_family
+from genkit.runs import default_device, load_family
 from genkit.safe_load import ModelCache, ModelRejected, SourcePolicy
 from genkit.sampling import SCHEDULERS
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = default_device()
 PREVIEW_EVERY = 5  # stream a preview every N denoising steps
 MAX_UPLOAD_PIXELS = 4096 * 4096
 

@@ -171,16 +171,16 @@ def test_decoded_splits_are_cached_and_invalidated(tmp_path, monkeypatch):
     folder = make_idx_folder(tmp_path / "idx", n_train=64, n_test=16)
     cfg = DataConfig(source="mnist", data_dir=str(folder))
     first = load_split(cfg, "train")
-    entries = list((tmp_path / "cache" / "tensors").glob("*.pt"))
-    assert len(entries) == 1
+    entries = list((tmp_path / "cache" / "decoded").iterdir())
+    assert len(entries) == 1 and sorted(p.name for p in entries[0].iterdir()) == ["images.npy", "labels.npy", "meta.json"]
     again = load_split(cfg, "train")
     assert torch.equal(first.images, again.images) and first.class_names == again.class_names
     make_idx_folder(folder, n_train=32, n_test=16, seed=5)  # the files change: the cache must not answer
     assert len(load_split(cfg, "train")) == 32
-    from genkit.data import _cache_path
-
-    _cache_path(cfg, "train", None).write_bytes(b"garbage")  # a damaged entry is rebuilt, not fatal
+    newest = max((tmp_path / "cache" / "decoded").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    (newest / "images.npy").write_bytes(b"garbage")  # a damaged entry is rebuilt, not fatal
     assert len(load_split(cfg, "train")) == 32
+    assert not list((tmp_path / "cache" / "decoded").glob("*.tmp"))
 
 
 @pytest.mark.parametrize("damage", ["not_an_image", "truncated"])

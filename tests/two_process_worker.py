@@ -16,10 +16,10 @@ def main(data_dir: str, out_dir: str) -> None:
     sums: list[float] = []
     make_batch, save_checkpoint = engine.make_batch, engine.save_checkpoint
 
-    def recording_make_batch(data, index, cfg, generator=None):
-        if generator is None:  # training batches only (evaluation batches pass a generator)
+    def recording_make_batch(data, index, cfg, generator=None, **kwargs):
+        if kwargs.get("augment"):  # training batches only
             seen.extend(index.tolist())
-        return make_batch(data, index, cfg, generator)
+        return make_batch(data, index, cfg, generator, **kwargs)
 
     def recording_save(accelerator, run_dir, state, keep_last):
         sums.append(sum(p.double().sum().item() for p in accelerator._models[0].parameters()))
