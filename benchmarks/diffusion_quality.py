@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 25, 50])
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--x0", nargs="+", default=[None], choices=["clip", "dynamic", "none"], help="x0 handling(s) to compare (default: the run's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     family = load_family(args.run, args.device)
@@ -39,19 +40,18 @@ def main() -> None:
     floor = feature_distances(real, other_real, classifier)
     labels = torch.arange(args.num_samples) % family.info.num_classes if family.conditional else None
     print(f"\nreal-vs-real floor: FID {floor['fid']:.3f}, KID {floor['kid']:.5f} ({args.num_samples} images, device {args.device})\n")
-    print("| scheduler | steps | FID | KID | class accuracy | ms / image |")
-    print("|---|---|---|---|---|---|")
-    for steps in args.steps:
-        for name in args.schedulers:
-            generator = torch.Generator().manual_seed(0)
-            started = time.perf_counter()
-            chunks = [family.generate(len(chunk), generator, None if labels is None else labels[chunk], scheduler=name, steps=steps,
-                                      guidance_scale=args.guidance_scale).cpu() for chunk in torch.arange(args.num_samples).split(250)]
-            seconds = time.perf_counter() - started
-            fake = torch.cat(chunks)
-            scores = feature_distances(real, fake, classifier)
-            accuracy = f"{class_accuracy(fake, labels, classifier):.3f}" if labels is not None else ""
-            print(f"| {name} | {steps} | {scores['fid']:.2f} | {scores['kid']:.4f} | {accuracy} | {1000 * seconds / args.num_samples:.1f} |", flush=True)
+    print("| scheduler | steps | x0 | FID | KID | class accuracy | ms / image |")
+    print("|---|---|---|---|---|---|---|")
+    for steps, name, x0 in [(s, n, x) for s in args.steps for n in args.schedulers for x in args.x0]:
+        generator = torch.Generator().manual_seed(0)
+        started = time.perf_counter()
+        chunks = [family.generate(len(chunk), generator, None if labels is None else labels[chunk], scheduler=name, steps=steps,
+                                  guidance_scale=args.guidance_scale, x0=x0).cpu() for chunk in torch.arange(args.num_samples).split(250)]
+        seconds = time.perf_counter() - started
+        fake = torch.cat(chunks)
+        scores = feature_distances(real, fake, classifier)
+        accuracy = f"{class_accuracy(fake, labels, classifier):.3f}" if labels is not None else ""
+        print(f"| {name} | {steps} | {x0 or family.x0_handling().mode} | {scores['fid']:.2f} | {scores['kid']:.4f} | {accuracy} | {1000 * seconds / args.num_samples:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing", "linspace"])
     p.add_argument("--class-label", default=None, help="class index or name (conditional models); 'all' cycles through the classes")
     p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--x0", default=None, choices=["clip", "dynamic", "none"],
+                   help="diffusion: clip each predicted clean image, threshold it dynamically, or neither (default: the run's model.clip_sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png")
     p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--x0", default=None, choices=["clip", "dynamic", "none"],
+                   help="diffusion: clip each predicted clean image, threshold it dynamically, or neither (default: the run's model.clip_sample)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None, help="also upload it as a dataset repo (parquet)")
@@ -68,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--x0", default=None, choices=["clip", "dynamic", "none"],
+                   help="diffusion: clip each predicted clean image, threshold it dynamically, or neither (default: the run's model.clip_sample)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
     p.add_argument("--cas", type=int, default=None, metavar="N",
                    help="conditional models: Classification Accuracy Score with N generated images, and the augmentation gain")
@@ -165,7 +171,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 def _generation_options(args: argparse.Namespace) -> dict:
     if getattr(args, "steps", None) is not None and args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-    names = ("scheduler", "steps", "guidance_scale", "timestep_spacing")
+    names = ("scheduler", "steps", "guidance_scale", "timestep_spacing", "x0")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 

@@ -8,6 +8,7 @@ partly noised image (denoising, SDEdit).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -36,8 +37,46 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 NO_SAMPLE_PREDICTION = {"euler_a"}  # schedulers that raise on prediction_type="sample"
 
 
-def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None = None) -> SchedulerMixin:
-    """A sampling scheduler of kind `name` sharing the training noise schedule (betas, prediction type)."""
+X0_MODES = ("none", "clip", "dynamic")
+
+
+@dataclass
+class X0Handling:
+    """What the sampler does with each step's prediction of the clean image, for every scheduler alike.
+
+    `clip` clamps the predicted x0 to [-clip_range, clip_range] (diffusers' `clip_sample`); `dynamic` is Imagen's
+    dynamic thresholding: each image's x0 is clamped at the `ratio` quantile of its |pixels| (at least 1, at most
+    `max_value`) and rescaled by it. The scheduler then receives the matching epsilon, so schedulers without these
+    options (DPM-Solver, UniPC, Euler, Heun) get them too.
+    """
+
+    prediction_type: str = "epsilon"
+    mode: str = "none"
+    clip_range: float = 1.0
+    ratio: float = 0.995
+    max_value: float = 1.0
+
+    def to_epsilon(self, pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """The model's prediction at x_t (any type) as epsilon, after the x0 handling."""
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        if self.prediction_type == "epsilon" and self.mode == "none":
+            return pred
+        x0 = {"epsilon": (x_t - s * pred) / a, "sample": pred, "v_prediction": a * x_t - s * pred}[self.prediction_type]
+        if self.mode == "clip":
+            x0 = x0.clamp(-self.clip_range, self.clip_range)
+        elif self.mode == "dynamic":
+            level = torch.quantile(x0.abs().flatten(1).float(), self.ratio, dim=1).clamp(1, self.max_value).to(x0.dtype)
+            level = level.view(-1, *[1] * (x0.ndim - 1))
+            x0 = torch.maximum(torch.minimum(x0, level), -level) / level
+        return (x_t - a * x0) / s
+
+
+def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None = None, x0: X0Handling | None = None) -> SchedulerMixin:
+    """A sampling scheduler of kind `name` sharing the training noise schedule (betas, prediction type).
+
+    `x0` (default: no clipping) is applied by `sample` for every scheduler; the scheduler itself is then told to predict
+    epsilon and to clip nothing, so nothing is done twice.
+    """
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
@@ -48,11 +87,15 @@ def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None =
     # from_config() replaces keys the training scheduler left at their defaults with the new class's defaults.
     config = dict(train_config)
     extra = {**extra, "timestep_spacing": timestep_spacing or "leading"}
-    converts = name in NO_SAMPLE_PREDICTION and config.get("prediction_type") == "sample"
-    if converts:  # the loop turns x0 predictions into epsilon for this scheduler
+    handling = replace(x0 or X0Handling(), prediction_type=config.get("prediction_type", "epsilon"))
+    if handling.mode not in X0_MODES:
+        raise ValueError(f"x0 handling must be one of {X0_MODES}, got {handling.mode!r}")
+    converts = handling.mode != "none" or (name in NO_SAMPLE_PREDICTION and handling.prediction_type == "sample")
+    if converts:  # the loop hands the scheduler epsilon (euler_a raises on x0 predictions; clipping is done in the loop)
         config["prediction_type"] = "epsilon"
+    config.update(clip_sample=False, thresholding=False)
     scheduler = cls.from_config(config, **extra)
-    scheduler.genkit_x0_to_epsilon = converts
+    scheduler.genkit_x0 = handling if converts else None
     return scheduler
 
 
@@ -110,9 +153,9 @@ def sample(
             pred = uncond + guidance_scale * (cond - uncond)
         else:
             pred = unet(model_input, t, class_labels=class_labels).sample
-        if getattr(scheduler, "genkit_x0_to_epsilon", False):
+        if getattr(scheduler, "genkit_x0", None) is not None:
             ab = scheduler.alphas_cumprod[int(round(float(t)))].to(device, pred.dtype)
-            pred = (model_input - ab.sqrt() * pred) / (1 - ab).sqrt()
+            pred = scheduler.genkit_x0.to_epsilon(pred, model_input, ab)
         extra = {"generator": generator} if takes_generator else {}
         x = scheduler.step(pred, t, x, **extra).prev_sample
         if callback is not None:

@@ -73,6 +73,7 @@ def generation_info(family: Family, source: str, n: int, seed: int, class_label:
         "steps": options.get("steps") or (family.option("sample_steps") if diffusion else None),
         "guidance_scale": options.get("guidance_scale") if options.get("guidance_scale") is not None else
         (family.option("guidance_scale") if diffusion and family.conditional else None),
+        "x0": (options.get("x0") or family.x0_handling().mode) if diffusion else None,
         "labels": ("requested from the conditional model: " + (f"class {class_label!r}" if class_label else "balanced over the classes"))
         if family.conditional else "assigned by genkit's evaluation classifier (the model is unconditional)",
         "class_names": family.info.class_names, "image_size": family.info.image_size, "channels": family.info.channels,

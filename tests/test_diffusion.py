@@ -198,3 +198,43 @@ def test_latent_diffusion_in_a_vae_latent_space(tiny_idx, tmp_path):
     with pytest.raises(ConfigError, match="multiple of 16"):
         train(tiny_config(tiny_idx, tmp_path / "ae", model={"hidden_dims": [8]}, max_steps=2))
         train(diffusion_config(tiny_idx, tmp_path / "ldm2", model={"autoencoder": str(tmp_path / "ae")}))
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_x0_clipping_and_dynamic_thresholding_work_for_every_scheduler(name):
+    from genkit.sampling import X0Handling
+
+    inside = targets(1)  # data in [-1, 1]: clipping must not move the result
+    x = sample(OracleUNet(inside), make_scheduler(name, TRAIN_SCHEDULE, x0=X0Handling(mode="clip")), 2, 100 if name == "ddpm" else 20,
+               torch.Generator().manual_seed(1))
+    assert (x - inside).abs().max() < 0.05
+    outside = inside * 3  # an over-range x0 (a model that overshoots): clipped into [-1, 1], rescaled by dynamic thresholding
+    clipped = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE, x0=X0Handling(mode="clip")), 2, 20, torch.Generator().manual_seed(1))
+    assert clipped.abs().max() < 1.05 and (clipped - outside.clamp(-1, 1)).abs().mean() < 0.1
+    dynamic = X0Handling(mode="dynamic", ratio=1.0, max_value=10.0)
+    scaled = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE, x0=dynamic), 2, 20, torch.Generator().manual_seed(1))
+    assert scaled.abs().max() < 1.05 and (scaled - outside / outside.abs().max()).abs().mean() < 0.1
+    unclipped = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE), 2, 100 if name == "ddpm" else 20, torch.Generator().manual_seed(1))
+    assert unclipped.abs().max() > 2  # the default of make_scheduler leaves x0 alone
+
+
+def test_clip_sample_defaults_on_for_pixels_and_is_exported(tiny_idx, tmp_path):
+    from genkit.families.diffusion import DiffusionFamily
+
+    base = dict(family="diffusion", model={"preset": "tiny"}, data={"value_range": "-1,1"}, max_steps=2, num_samples=2)
+    train(tiny_config(tiny_idx, tmp_path / "run", **base))
+    family = load_family(str(tmp_path / "run"))
+    assert family.x0_handling().mode == "clip" and family.x0_handling("dynamic").mode == "dynamic"
+    saved = json.loads((tmp_path / "run" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["clip_sample"] is True and saved["clip_sample_range"] == 1.0  # a stock DDPMPipeline clips as genkit does
+    assert DDPMPipeline.from_pretrained(str(tmp_path / "run")).scheduler.config.clip_sample is True
+    images = family.generate(2, torch.Generator().manual_seed(0), scheduler="dpm++", steps=3, x0="none")
+    assert images.shape == (2, 1, 28, 28)
+    for option, message in [({"clip_sample": "yes"}, "clip_sample must be true, false or null"),
+                            ({"thresholding": True, "dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio must be in")]:
+        with pytest.raises(ConfigError, match=message):
+            DiffusionFamily.check_config(tiny_config(tiny_idx, tmp_path / "x", **{**base, "model": {"preset": "tiny", **option}}))
+    off = tiny_config(tiny_idx, tmp_path / "off", **{**base, "model": {"preset": "tiny", "clip_sample": False}})
+    assert DiffusionFamily(off, family.info).x0_handling().mode == "none"
+    dyn = tiny_config(tiny_idx, tmp_path / "dyn", **{**base, "model": {"preset": "tiny", "thresholding": True}})
+    assert DiffusionFamily(dyn, family.info).noise_scheduler.config.thresholding is True

@@ -16,7 +16,7 @@ from diffusers.training_utils import compute_snr
 
 from ..config import ConfigError, TrainConfig
 from ..pipelines import GenkitDiffusionPipeline
-from ..sampling import SCHEDULERS, make_scheduler, sample
+from ..sampling import SCHEDULERS, X0Handling, make_scheduler, sample
 from .base import Family, unwrap
 
 # channels per resolution level; every preset has 3 levels, so 28x28 (28 -> 14 -> 7) and 32x32 both work
@@ -61,6 +61,9 @@ class DiffusionFamily(Family):
             "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
             "class_conditional": False, "label_dropout": 0.1,
             "sampler": "euler_a", "sample_steps": 25, "guidance_scale": 2.0, "timestep_spacing": None,
+            # the predicted clean image at each sampling step: clipped to [-range, range] (null: on in pixel space, off
+            # for latents) or, with thresholding, Imagen's dynamic thresholding at the given quantile
+            "clip_sample": None, "clip_sample_range": 1.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
             # latent diffusion: a genkit autoencoder / VAE run whose codes (latent_dim = 16 * c) become c x 4 x 4 maps
             "autoencoder": None, "latent_scale": 1.0,
         }
@@ -78,6 +81,10 @@ class DiffusionFamily(Family):
             raise ConfigError(f"model.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2, got {m['beta_schedule']!r}")
         if m["sampler"] not in SCHEDULERS:
             raise ConfigError(f"model.sampler must be one of {list(SCHEDULERS)}, got {m['sampler']!r}")
+        if m["clip_sample"] not in (None, True, False):
+            raise ConfigError(f"model.clip_sample must be true, false or null (on for pixel-space models), got {m['clip_sample']!r}")
+        if not 0 < m["dynamic_thresholding_ratio"] <= 1 or m["sample_max_value"] < 1 or m["clip_sample_range"] <= 0:
+            raise ConfigError("model.dynamic_thresholding_ratio must be in (0, 1], sample_max_value >= 1 and clip_sample_range > 0")
         if not 0 <= m["label_dropout"] < 1:
             raise ConfigError(f"model.label_dropout must be in [0, 1), got {m['label_dropout']}")
         if config.data.value_range != "-1,1":
@@ -91,8 +98,21 @@ class DiffusionFamily(Family):
         if self.autoencoder is None and config.model.get("autoencoder"):
             self.autoencoder = self._load_autoencoder(config.model["autoencoder"])
         super().__init__(config, info, models)
+        # the exported scheduler carries the x0 handling too, so a stock DDPMPipeline samples as genkit does
+        x0 = self.x0_handling()
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.option("num_train_timesteps"), beta_schedule=self.option("beta_schedule"),
-                                             prediction_type=self.option("prediction_type"), clip_sample=False)
+                                             prediction_type=self.option("prediction_type"), clip_sample=x0.mode == "clip",
+                                             clip_sample_range=x0.clip_range, thresholding=x0.mode == "dynamic",
+                                             dynamic_thresholding_ratio=x0.ratio, sample_max_value=x0.max_value)
+
+    def x0_handling(self, mode: str | None = None) -> X0Handling:
+        """The run's x0 clipping (or `mode`: none, clip, dynamic) for sampling."""
+        if mode is None:
+            clip = self.option("clip_sample")
+            clip = self.autoencoder is None if clip is None else clip  # pixels live in [-1, 1]; latents have no such bound
+            mode = "dynamic" if self.option("thresholding") else "clip" if clip else "none"
+        return X0Handling(self.option("prediction_type"), mode, self.option("clip_sample_range"), self.option("dynamic_thresholding_ratio"),
+                          self.option("sample_max_value"))
 
     @property
     def conditional(self) -> bool:
@@ -168,9 +188,10 @@ class DiffusionFamily(Family):
         loss, _ = self.loss("unet", batch, generator)
         return {"eval_loss": loss.item()}
 
-    def pipeline(self, scheduler: str | None = None, timestep_spacing: str | None = None) -> GenkitDiffusionPipeline:
+    def pipeline(self, scheduler: str | None = None, timestep_spacing: str | None = None, x0: str | None = None) -> GenkitDiffusionPipeline:
         """A pipeline over the current UNet with a sampling scheduler (default: the run's `model.sampler`)."""
-        sched = make_scheduler(scheduler or self.option("sampler"), self.noise_scheduler.config, timestep_spacing or self.option("timestep_spacing"))
+        sched = make_scheduler(scheduler or self.option("sampler"), self.noise_scheduler.config, timestep_spacing or self.option("timestep_spacing"),
+                               self.x0_handling(x0))
         id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
         return GenkitDiffusionPipeline(unwrap(self.models["unet"]), sched, id2label)
 
@@ -181,12 +202,13 @@ class DiffusionFamily(Family):
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, scheduler: str | None = None,
                  steps: int | None = None, guidance_scale: float | None = None, timestep_spacing: str | None = None,
-                 init_images: torch.Tensor | None = None, strength: float = 1.0, callback=None) -> torch.Tensor:
+                 init_images: torch.Tensor | None = None, strength: float = 1.0, callback=None, x0: str | None = None) -> torch.Tensor:
         """`n` images in [0, 1]; conditional models without labels sample the unconditional (null-label) model.
 
-        `init_images` (in [0, 1]) with `strength` < 1 noises them to that level and denoises (SDEdit).
+        `init_images` (in [0, 1]) with `strength` < 1 noises them to that level and denoises (SDEdit). `x0` overrides
+        the run's clipping of predicted clean images: none, clip or dynamic.
         """
-        pipe = self.pipeline(scheduler, timestep_spacing)
+        pipe = self.pipeline(scheduler, timestep_spacing, x0)
         if self.conditional and class_labels is None:
             class_labels = torch.full((n,), self.null_label, dtype=torch.long)
         scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
