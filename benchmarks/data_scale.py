@@ -159,7 +159,7 @@ def measure_genkit(source: str, steps: int, batch_size: int, out: str) -> dict:
 
     engine.make_batch = timed_make_batch
     config = TrainConfig.from_dict({
-        "family": "autoencoder", "model": {"hidden_dims": [256, 32]}, "output_dir": out, "batch_size": batch_size, "max_steps": steps,
+        "family": "autoencoder", "model": {"hidden_dims": [64, 32]}, "output_dir": out, "batch_size": batch_size, "max_steps": steps,
         "data": {"source": source, "image_size": SIZE, "channels": 3, "eval_split": None, "eval_fraction": 0.01, "eval_subset": 1000},
         "eval_every": steps, "checkpoint_every": steps, "eval_batches": 1, "num_samples": 8, "log_with": "none", "progress_bar": False,
     })
@@ -186,7 +186,7 @@ def measure_recipe(source: str, steps: int, batch_size: int) -> dict:
         return {"images": [torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1) for img in examples["image"]]}
 
     loader = torch.utils.data.DataLoader(dataset.with_transform(transform), batch_size=batch_size, shuffle=True, drop_last=True)
-    model = MLPAutoencoder(image_shape=[3, SIZE, SIZE], hidden_dims=[256, 32])
+    model = MLPAutoencoder(image_shape=[3, SIZE, SIZE], hidden_dims=[64, 32])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     first, step, timed_from = None, 0, None
     for batch in loader:
@@ -272,7 +272,7 @@ def main() -> None:
 
 def print_tables(rows: list[dict], args: argparse.Namespace) -> None:
     """Markdown tables: decode, then training start-up, speed and memory."""
-    print(f"\n{os.cpu_count()} cores; 32x32 RGB PNG; MLP autoencoder 3072-256-32, batch {args.batch_size}, {args.steps} steps\n")
+    print(f"\n{os.cpu_count()} cores; 32x32 RGB PNG; MLP autoencoder 3072-64-32, batch {args.batch_size}, {args.steps} steps\n")
     print("| data set | images | decode, one process (s) | decode, genkit cache (s) | speed-up | peak private RSS old / new (MiB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cas", type=int, default=None, metavar="N",
                    help="conditional models: Classification Accuracy Score with N generated images, and the augmentation gain")
     p.add_argument("--cas-real-subset", type=int, default=1000, help="real images of the augmentation comparison")
+    p.add_argument("--nll-k", type=int, default=100, help="VAE: importance samples per image for the NLL (Burda et al. use 5000)")
+    p.add_argument("--nll-images", default="1000", help="VAE: test images for the NLL, or 'all'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering ARI/NMI, PCA/t-SNE plot, PCA comparison")
@@ -212,8 +214,13 @@ def _eval(args: argparse.Namespace) -> int:
     family = _load_run(args)
     if args.cas is not None and not (10 <= args.cas <= 1_000_000 and 10 <= args.cas_real_subset):
         raise ConfigError("--cas and --cas-real-subset must be at least 10 (and --cas at most 1000000)")
+    if not 1 <= args.nll_k <= 100_000:
+        raise ConfigError(f"--nll-k must be between 1 and 100000, got {args.nll_k}")
+    if args.nll_images != "all" and not (args.nll_images.isdigit() and int(args.nll_images) >= 1):
+        raise ConfigError(f"--nll-images must be a positive number or 'all', got {args.nll_images!r}")
     result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, cas=args.cas,
-                          cas_real_subset=args.cas_real_subset, **_generation_options(args))
+                          cas_real_subset=args.cas_real_subset, nll_k=args.nll_k,
+                          nll_images=None if args.nll_images == "all" else int(args.nll_images), **_generation_options(args))
     if Path(args.run).is_dir():  # kept beside the run: the model card shows it
         (Path(args.run) / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

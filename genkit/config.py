@@ -36,6 +36,7 @@ class DataConfig:
     corruption: str | None = None  # gaussian | salt_and_pepper | mask (input noise for denoising models)
     corruption_level: float = 0.3
     exclude_labels: list[int] = field(default_factory=list)  # drop these classes from training (anomaly studies)
+    binarize: str = "none"  # none | dynamic (a new Bernoulli draw of each training image every time) | fixed (one draw, seeded)
     hflip: bool = False  # random horizontal flips of training images (photos, not digits)
     storage: str = "auto"  # auto (in memory up to 2 GiB of pixels, else memory-mapped) | memory | mmap
     decode_workers: int | None = None  # processes for the one-time decode; default: every core
@@ -156,6 +157,7 @@ class TrainConfig:
         _choice("data.channels", d.channels, [1, 3])
         _choice("data.corruption", d.corruption, [None, "gaussian", "salt_and_pepper", "mask"])
         _choice("data.storage", d.storage, ["auto", "memory", "mmap"])
+        _choice("data.binarize", d.binarize, ["none", "dynamic", "fixed"])
         if d.decode_workers is not None and d.decode_workers < 1:
             raise ConfigError(f"data.decode_workers must be >= 1 (or null for every core), got {d.decode_workers}")
         if self.fused_optimizer and self.optimizer == "sgd":

@@ -525,6 +525,10 @@ def make_batch(data: ImageTensors, index: torch.Tensor, cfg: DataConfig, generat
         images = (images.pin_memory() if pin else images).to(device, non_blocking=pin)
         labels = labels.to(device, non_blocking=pin)
     clean01 = images.float() / 255.0
+    if cfg.binarize == "dynamic" and augment:  # a fresh draw every time an image is seen (Salakhutdinov & Murray's MNIST)
+        clean01 = torch.bernoulli(clean01, generator=generator)
+    elif cfg.binarize != "none":  # "fixed", and evaluation batches of "dynamic": one draw per image, forever
+        clean01 = binarize_fixed(clean01, index.to(clean01.device))
     if augment and cfg.hflip:
         flip = torch.rand(len(clean01), generator=generator, device=generator.device if generator else "cpu") < 0.5
         clean01 = torch.where(flip.to(clean01.device)[:, None, None, None], clean01.flip(-1), clean01)
@@ -536,6 +540,20 @@ def make_batch(data: ImageTensors, index: torch.Tensor, cfg: DataConfig, generat
     else:
         batch["input"] = image
     return batch
+
+
+def binarize_fixed(images01: torch.Tensor, rows: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One Bernoulli draw per pixel that depends only on (seed, row, pixel): the same binary image in every batch.
+
+    The uniform numbers come from a counter-based hash (splitmix64's finaliser), so no generator state or stored copy
+    of the binarised set is needed, whatever the batch composition or storage.
+    """
+    n = images01[0].numel()
+    x = (rows.long()[:, None] * n + torch.arange(n, device=rows.device)[None] + seed * 0x632BE59BD9B4E019) & 0x7FFFFFFFFFFFFFFF
+    for shift, multiplier in [(30, 0x3F58476D1CE4E5B9), (27, 0x14D049BB133111EB)]:
+        x = ((x ^ (x >> shift)) * multiplier) & 0x7FFFFFFFFFFFFFFF
+    uniform = ((x ^ (x >> 31)) & 0xFFFFFF).float() / 2**24
+    return (uniform.view(images01.shape) < images01).float()
 
 
 class ShardedBatches:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, DataConfig, TrainConfig
-from .data import ImageTensors, cache_dir, load_split
+from .data import ImageTensors, binarize_fixed, cache_dir, load_split
 
 CLASSIFIER_EPOCHS = 3
 
@@ -169,19 +169,45 @@ def evaluate_reconstruction(family, num_images: int = 10000, pca_train: int = 10
 
 
 @torch.no_grad()
-def evaluate_likelihood(family, num_images: int = 1000, k: int = 100, device: str | torch.device = "cpu") -> dict[str, float]:
-    """VAE: mean ELBO and importance-weighted NLL (k samples) on the eval split, in nats per image."""
+def evaluate_likelihood(family, num_images: int | None = 1000, k: int = 100, device: str | torch.device = "cpu") -> dict[str, float]:
+    """VAE: mean ELBO and importance-weighted NLL (k samples) on the eval split (`num_images` None: all of it), in nats.
+
+    A run trained with `data.binarize` is scored on the binarised test set (one fixed draw per image), as in the
+    literature; otherwise on grey levels, which is no likelihood of a discrete distribution and not comparable with it.
+    """
     data = family.config.data
-    images = to_unit(real_images(data, data.eval_split or data.split, num_images)).to(device)
+    split = data.eval_split or data.split
+    images = to_unit(real_images(data, split, num_images) if num_images else load_split(classifier_data_config(data), split)).to(device)
+    if data.binarize != "none":
+        images = binarize_fixed(images, torch.arange(len(images), device=images.device))
     model = family.models["model"]
     generator = torch.Generator(device).manual_seed(0)
+    batch = max(1, 50_000 // max(k, 100))  # k draws of a batch decoded at once, in chunks of 500: bounded memory
     elbo = torch.cat([-model(x, generator=generator)["loss"] for x in images.split(500)]).mean().item()
-    nll = torch.cat([model.importance_nll(x, k, generator) for x in images.split(500)]).mean().item()
-    return {"elbo": elbo, f"nll_iw{k}": nll, "likelihood_images": len(images)}
+    nll = torch.cat([model.importance_nll(x, k, generator) for x in images.split(batch)]).mean().item()
+    return {"elbo": elbo, f"nll_iw{k}": nll, "likelihood_images": len(images), "likelihood_data": "binarized" if data.binarize != "none" else "grey levels"}
+
+
+@torch.no_grad()
+def evaluate_rbm_likelihood(family, num_images: int = 10000, runs: int = 100, betas: int = 14_500, device: str | torch.device = "cpu") -> dict[str, float]:
+    """RBM: test log-likelihood in nats per image, log Z by annealed importance sampling (Salakhutdinov & Murray 2008).
+
+    Test images are binarised once with a fixed seed; the AIS base model takes the training pixels' mean rates.
+    """
+    data = family.config.data
+    model = family.models["model"]
+    train = to_unit(real_images(data, data.split, 10_000)).to(device).flatten(1)
+    rate = train.mean(0).clamp(0.5 / len(train), 1 - 0.5 / len(train))  # smoothed: no infinite logits for always-black pixels
+    log_z, stderr = model.ais_log_partition(torch.log(rate) - torch.log1p(-rate), runs, betas, torch.Generator(device).manual_seed(0))
+    test = to_unit(real_images(data, data.eval_split or data.split, num_images)).to(device)
+    test = binarize_fixed(test, torch.arange(len(test), device=test.device)).flatten(1)
+    log_likelihood = torch.cat([model.log_likelihood(x, log_z) for x in test.split(1000)]).mean().item()
+    return {"test_log_likelihood": log_likelihood, "ais_log_z": log_z, "ais_log_z_stderr": stderr, "ais_runs": runs, "ais_betas": betas,
+            "likelihood_images": len(test)}
 
 
 def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "cpu", seed: int = 0, cas: int | None = None,
-                 cas_real_subset: int = 1000, **options) -> dict[str, float]:
+                 cas_real_subset: int = 1000, nll_k: int = 100, nll_images: int | None = 1000, **options) -> dict[str, float]:
     """Every offline metric that applies to this family (and CAS with `cas` generated images, for conditional models)."""
     from .families import Family
 
@@ -190,7 +216,9 @@ def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "
     if model is not None and hasattr(model, "reconstruct"):
         result.update(evaluate_reconstruction(family, device=device))
     if model is not None and hasattr(model, "importance_nll"):
-        result.update(evaluate_likelihood(family, device=device))
+        result.update(evaluate_likelihood(family, nll_images, nll_k, device=device))
+    if model is not None and hasattr(model, "ais_log_partition"):
+        result.update(evaluate_rbm_likelihood(family, device=device))
     if type(family).generate is not Family.generate:
         result.update(evaluate_generation(family, num_samples, device, seed, **options))
     if cas:

@@ -191,3 +191,100 @@ def test_rbm_pseudo_likelihood_is_exact():
             expected += -F.logsigmoid(rbm.free_energy(other[None]) - rbm.free_energy(v[None])).item()
     assert family.pseudo_nll(x, chunk=4).item() == pytest.approx(expected / 5, rel=1e-5)
     assert family.pseudo_nll(x).item() == family.pseudo_nll(x).item() and not math.isnan(expected)
+
+
+def test_rbm_exact_log_partition_matches_brute_force():
+    import itertools
+
+    from genkit.families.rbm import BernoulliRBM
+
+    torch.manual_seed(0)
+    rbm = BernoulliRBM([1, 2, 3], hidden=4)
+    with torch.no_grad():
+        rbm.W.normal_(0, 1.0), rbm.b.normal_(0, 1.0), rbm.c.normal_(0, 1.0)
+    energies = []
+    for bits in itertools.product([0.0, 1.0], repeat=10):
+        v, h = torch.tensor(bits[:6]).double(), torch.tensor(bits[6:]).double()
+        energies.append(v @ rbm.b.double() + h @ rbm.c.double() + v @ rbm.W.double() @ h)
+    assert abs(rbm.exact_log_partition() - torch.logsumexp(torch.stack(energies), 0).item()) < 1e-9
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_rbm_ais_estimates_the_exact_log_partition(scale):
+    from genkit.families.rbm import BernoulliRBM
+
+    torch.manual_seed(1)
+    rbm = BernoulliRBM([1, 8, 8], hidden=12)  # 64 visible units, 12 hidden: exact log Z by enumerating 4,096 states
+    with torch.no_grad():
+        rbm.W.normal_(0, scale / 4), rbm.b.normal_(-0.5, 0.5), rbm.c.normal_(0, 0.5)
+    exact = rbm.exact_log_partition()
+    estimate, stderr = rbm.ais_log_partition(rbm.b.detach(), runs=200, betas=2000, generator=torch.Generator().manual_seed(0))
+    assert abs(estimate - exact) < max(0.05, 3 * stderr), (estimate, exact, stderr)
+    assert stderr < 0.05
+    crude, _ = rbm.ais_log_partition(torch.zeros(64), runs=5, betas=3, generator=torch.Generator().manual_seed(0))
+    assert crude != estimate  # the estimate comes from the chains, not from the reference
+
+
+def test_rbm_eval_reports_an_ais_log_likelihood(tiny_idx, tmp_path, monkeypatch):
+    from genkit import evaluation
+
+    train(tiny_config(tiny_idx, tmp_path / "rbm", family="rbm", model={"hidden": 16}, max_steps=4))
+    family = load_family(str(tmp_path / "rbm"))
+    result = evaluation.evaluate_rbm_likelihood(family, num_images=32, runs=50, betas=3000)
+    exact = family.models["model"].exact_log_partition()
+    assert abs(result["ais_log_z"] - exact) < 0.5 and result["likelihood_images"] == 32
+    assert result["test_log_likelihood"] < 0  # a probability of a binary image
+
+
+def test_binarization_dynamic_fixed_and_evaluation():
+    from genkit.config import DataConfig
+    from genkit.data import ImageTensors, binarize_fixed, make_batch
+
+    data = ImageTensors((torch.rand(64, 1, 8, 8) * 255).to(torch.uint8), torch.zeros(64, dtype=torch.long), ["x"])
+    grey = data.images.float() / 255
+    index = torch.arange(64)
+    dynamic = DataConfig(image_size=8, binarize="dynamic")
+    a, b = (make_batch(data, index, dynamic, augment=True)["image"] for _ in range(2))
+    assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)  # a new draw each time an image is seen
+    assert abs(a.mean().item() - grey.mean().item()) < 0.02
+    evaluation = make_batch(data, index, dynamic)["image"]  # evaluation batches: one fixed draw per image
+    assert torch.equal(evaluation, make_batch(data, index, dynamic)["image"])
+    fixed = DataConfig(image_size=8, binarize="fixed")
+    first = make_batch(data, index, fixed, augment=True)["image"]
+    shuffled = torch.randperm(64)
+    assert torch.equal(make_batch(data, shuffled, fixed, augment=True)["image"], first[shuffled])  # per image, not per batch
+    assert torch.equal(first, binarize_fixed(grey, index)) and torch.equal(make_batch(data, index, DataConfig(image_size=8))["image"], grey)
+    with pytest.raises(ConfigError, match="data.binarize must be one of"):
+        TrainConfig.from_dict({"data": {"binarize": "yes"}})
+
+
+def test_iwae_bound_and_importance_nll():
+    from genkit.families.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE([1, 8, 8], latent_dim=4, hidden_dims=[32])
+    x = torch.bernoulli(torch.rand(16, 1, 8, 8))
+    elbo_loss = torch.stack([vae(x)["loss"] for _ in range(200)]).mean(0)
+    one = torch.stack([vae(x, iwae_k=1)["loss"] for _ in range(200)]).mean(0)
+    assert torch.allclose(one, elbo_loss, atol=0.5)  # k = 1 is the ELBO
+    k50 = torch.stack([vae(x, iwae_k=50)["loss"] for _ in range(20)]).mean(0)
+    assert (k50 < one).all()  # a tighter bound: lower negative bound
+    g = torch.Generator().manual_seed(0)
+    chunked = vae.importance_nll(x, 1000, g, chunk=300)
+    whole = vae.importance_nll(x, 1000, torch.Generator().manual_seed(1), chunk=1000)
+    assert (chunked - whole).abs().max() < 0.5 and (chunked - whole).mean().abs() < 0.1 and (chunked <= k50 + 0.3).all()
+
+
+def test_vae_iwae_training_on_binarized_data_and_nll_eval(tiny_idx, tmp_path):
+    from genkit.evaluation import evaluate_likelihood
+
+    run = tmp_path / "iwae"
+    train(tiny_config(tiny_idx, run, family="vae", model={"latent_dim": 4, "hidden_dims": [32], "objective": "iwae", "iwae_k": 3},
+                      data={"binarize": "dynamic"}, max_steps=6))
+    family = load_family(str(run))
+    result = evaluate_likelihood(family, num_images=None, k=700)
+    assert result["likelihood_images"] == 64 and result["likelihood_data"] == "binarized" and 0 < result["nll_iw700"] < 800
+    with pytest.raises(ConfigError, match="takes no beta"):
+        from genkit.families.vae import VAEFamily
+
+        VAEFamily.check_config(tiny_config(tiny_idx, tmp_path / "x", family="vae", model={"objective": "iwae", "beta": 4.0}))

@@ -65,8 +65,13 @@ class VAE(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["genkit"
         return (-0.5 * ((x - torch.sigmoid(out)) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * LOG_2PI).flatten(1).sum(1)
 
     def forward(self, x: torch.Tensor, beta: float = 1.0, target: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """One-sample ELBO terms per image: `recon` = -log p(target|z) (target defaults to x), `kl`, `loss` = recon + beta kl."""
+                generator: torch.Generator | None = None, iwae_k: int | None = None) -> dict[str, torch.Tensor]:
+        """One-sample ELBO terms per image: `recon` = -log p(target|z) (target defaults to x), `kl`, `loss` = recon + beta kl.
+
+        With `iwae_k`, `loss` is the negative importance-weighted bound with that many samples instead.
+        """
+        if iwae_k is not None:
+            return {"loss": self.iwae_loss(x, iwae_k, generator)}
         mu, logvar = self.encode(x)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + eps * (0.5 * logvar).exp()
@@ -101,19 +106,28 @@ class VAE(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["genkit"
 
         return self.decode(grid_points(n, span).to(self.to_mu.weight.device))
 
-    @torch.no_grad()
-    def importance_nll(self, x: torch.Tensor, k: int = 100, generator: torch.Generator | None = None) -> torch.Tensor:
-        """-log p(x) per image by importance sampling with k posterior samples (Burda et al.), in nats."""
+    def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k posterior draws per image: shape (k, N)."""
         mu, logvar = self.encode(x)
         std = (0.5 * logvar).exp()
-        log_w = []
-        for _ in range(k):
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device) if generator is not None else torch.randn_like(mu)
-            z = mu + eps * std
-            log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(1)
-            log_p = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(1)
-            log_w.append(self.log_px_given_z(x, self.decode_params(z)) + log_p - log_q)
-        return -(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
+        eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * std  # (k, N, latent)
+        log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
+        log_p = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
+        out = self.decode_params(z.flatten(0, 1))
+        log_px = self.log_px_given_z(x.repeat(k, *[1] * (x.ndim - 1)), out).view(k, len(x))
+        return log_px + log_p - log_q
+
+    def iwae_loss(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The negative IWAE bound -log (1/k) sum_i w_i per image (Burda et al. 2015); k = 1 is the negative ELBO."""
+        return -(torch.logsumexp(self.log_weights(x, k, generator), 0) - math.log(k))
+
+    @torch.no_grad()
+    def importance_nll(self, x: torch.Tensor, k: int = 100, generator: torch.Generator | None = None, chunk: int = 500) -> torch.Tensor:
+        """-log p(x) per image by importance sampling with k posterior samples (Burda et al.), in nats; k in chunks, so
+        k = 5000 needs no more memory than k = 500."""
+        parts = [torch.logsumexp(self.log_weights(x, min(chunk, k - start), generator), 0) for start in range(0, k, chunk)]
+        return -(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
 
 
 class VAEFamily(Family):
@@ -125,7 +139,9 @@ class VAEFamily(Family):
     @classmethod
     def model_options(cls) -> dict[str, Any]:
         """The keys accepted under `model:`, with their defaults."""
-        return {"latent_dim": 16, "architecture": "mlp", "hidden_dims": [512, 256], "width": 32, "decoder": "bernoulli", "beta": 1.0}
+        # objective "iwae": the importance-weighted bound with iwae_k samples (Burda et al. 2015) instead of the ELBO
+        return {"latent_dim": 16, "architecture": "mlp", "hidden_dims": [512, 256], "width": 32, "decoder": "bernoulli", "beta": 1.0,
+                "objective": "elbo", "iwae_k": 5}
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
@@ -134,6 +150,10 @@ class VAEFamily(Family):
         m = {**cls.model_options(), **config.model}
         if m["architecture"] not in ("mlp", "conv") or m["decoder"] not in ("bernoulli", "gaussian"):
             raise ConfigError("model.architecture must be mlp or conv, model.decoder bernoulli or gaussian")
+        if m["objective"] not in ("elbo", "iwae") or m["iwae_k"] < 1:
+            raise ConfigError(f"model.objective must be elbo or iwae and model.iwae_k >= 1, got {m['objective']!r}, {m['iwae_k']}")
+        if m["objective"] == "iwae" and (m["beta"] != 1.0 or config.data.corruption):
+            raise ConfigError("the iwae objective is a bound on log p(x): it takes no beta and no data.corruption")
         if m["beta"] < 0:
             raise ConfigError(f"model.beta must be >= 0, got {m['beta']}")
         if config.data.value_range != "0,1":
@@ -147,6 +167,8 @@ class VAEFamily(Family):
     def loss(self, part: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # with data.corruption the encoder sees the corrupted input and the likelihood is of the clean image
         """The loss to minimise for `part` on a batch, and values to log."""
+        if self.option("objective") == "iwae":
+            return self.models["model"](batch["image"], iwae_k=self.option("iwae_k"))["loss"].mean(), {}  # through forward: DDP syncs
         out = self.models["model"](batch["input"], beta=self.option("beta"), target=batch["image"])
         return out["loss"].mean(), {"recon": out["recon"].mean().detach(), "kl": out["kl"].mean().detach()}
 
