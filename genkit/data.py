@@ -235,7 +235,7 @@ class ImageTensors:
 
     `images` is either in memory (small splits, on the GPU when there is one) or, with `mapped`, memory-mapped from
     the decode cache (large splits: pages are read as batches touch them, shared by every process on the node).
-    `rows`, when set, is a lazy subset of a mapped split, so a hold-out of a 1M-image split copies no pixels.
+    `rows`, when set, makes this a lazy subset (`view`), so the training part of a held-out split copies no pixels.
     """
 
     images: torch.Tensor
@@ -260,23 +260,25 @@ class ImageTensors:
         return self.images[index], self.labels[index.to(self.labels.device)]
 
     def select(self, index: torch.Tensor) -> "ImageTensors":
-        """The subset at `index`: copied when it is small, a lazy view of a large memory-mapped split."""
-        if self.mapped and len(index) * self.images[0].numel() > MEMORY_LIMIT_BYTES:
-            rows = index.cpu() if self.rows is None else self.rows[index.cpu()]
-            return ImageTensors(self.images, self.labels, self.class_names, True, rows)
+        """A copy of the subset at `index`, in memory."""
         images, labels = self.take(index)
         return ImageTensors(images, labels, self.class_names)
 
+    def view(self, index: torch.Tensor) -> "ImageTensors":
+        """The subset at `index` as a lazy view: no pixel is copied (a 99 % training part of a split costs an index)."""
+        rows = index.cpu() if self.rows is None else self.rows[index.cpu()]
+        return ImageTensors(self.images, self.labels, self.class_names, self.mapped, rows)
+
     def in_memory(self) -> "ImageTensors":
         """The same data read whole into memory."""
-        if not self.mapped:
+        if not self.mapped and self.rows is None:
             return self
         images, labels = self.take(torch.arange(len(self)))
         return ImageTensors(images.clone(), labels.clone(), self.class_names)
 
     def to(self, device: torch.device | str) -> "ImageTensors":
         """Move images and labels to `device` (a memory-mapped split stays mapped on the CPU)."""
-        if torch.device(device).type == "cpu" and self.mapped:
+        if torch.device(device).type == "cpu" and (self.mapped or self.rows is not None):
             return self
         data = self.in_memory()
         return ImageTensors(data.images.to(device), data.labels.to(device), self.class_names)
@@ -496,7 +498,7 @@ def load_train_eval(cfg: DataConfig, seed: int = 0) -> tuple[ImageTensors, Image
     if len(train) - n_eval < 1:
         raise DataSourceError(f"only {len(train)} training images: too few to hold some out for evaluation")
     eval_idx = order[:n_eval][: cfg.eval_subset] if cfg.eval_subset else order[:n_eval]
-    return train.select(order[n_eval:].sort().values), train.select(eval_idx.sort().values)
+    return train.view(order[n_eval:].sort().values), train.select(eval_idx.sort().values)
 
 
 # ---- batches --------------------------------------------------------------------------------------------
