@@ -7,7 +7,7 @@ with the speed options named by `--genkit-options`. Images/second are steady-sta
 include compilation, are excluded) and peak GPU memory is `torch.cuda.max_memory_allocated`.
 
 Sampling: images/second at `--sample-steps` DDIM steps and batch `--sample-batch` for the stock `DDPMPipeline`
-(fp32, as it is usually called) and genkit's sampler (bf16 autocast, channels_last), on the same trained-from-scratch UNet.
+(fp32, as it is usually called) and genkit's sampler (on CUDA: bf16 autocast, channels_last), on the same UNet.
 
     python benchmarks/throughput.py --data-dir ../shared/data/mnist --device cuda            # GPU: presets x batch sizes
     python benchmarks/throughput.py --data-dir ../shared/data/mnist --device cpu --presets tiny --batch-sizes 128 --steps 30
@@ -16,6 +16,7 @@ Sampling: images/second at `--sample-steps` DDIM steps and batch `--sample-batch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -119,7 +120,7 @@ def genkit(data_dir: str, preset: str, batch_size: int, steps: int, warmup: int,
 
 
 def sampling(preset: str, batch: int, steps: int, device: str) -> tuple[float, float]:
-    """Images/second of the stock DDPMPipeline (fp32) and of genkit's sampler (bf16 autocast, channels_last)."""
+    """Images/second of the stock DDPMPipeline (fp32) and of genkit's sampler (bf16 + channels_last on CUDA, fp32 on a CPU)."""
     unet = build_unet(SIZE, 1, **PRESETS[preset]).to(device).eval()
     scheduler = DDIMScheduler(num_train_timesteps=1000)
     pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
@@ -134,9 +135,12 @@ def sampling(preset: str, batch: int, steps: int, device: str) -> tuple[float, f
         return batch / (time.perf_counter() - started)
 
     stock = timed(lambda: pipe(batch_size=batch, num_inference_steps=steps, output_type="np"))
-    fast_unet = build_unet(SIZE, 1, **PRESETS[preset]).to(device).eval().to(memory_format=torch.channels_last)
+    cuda = device.startswith("cuda")
+    fast_unet = build_unet(SIZE, 1, **PRESETS[preset]).to(device).eval()
     fast_unet.load_state_dict(unet.state_dict())
-    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    if cuda:  # bf16 and NHWC pay on tensor cores; on a CPU both are slower, so genkit samples in fp32 there
+        fast_unet.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     def ours():
         with autocast:
@@ -191,9 +195,9 @@ def main() -> None:
     print("| UNet preset | batch | recipe (img/s) | genkit (img/s) | genkit / recipe | peak GPU memory recipe / genkit (GiB) |")
     print("|---|---|---|---|---|---|")
     for preset, batch_size, ref, ours in rows:
-        print(f"| {preset} | {batch_size} | {ref['img_s']:,.0f} | {ours['img_s']:,.0f} | **{ours['img_s'] / ref['img_s']:.2f}x** | "
-              f"{ref['memory_gib']:.2f} / {ours['memory_gib']:.2f} |")
-    print(f"\n| UNet preset | sampling, batch {args.sample_batch}, {args.sample_steps} DDIM steps | DDPMPipeline fp32 (img/s) | genkit bf16 (img/s) | ratio |")
+        memory = f"{ref['memory_gib']:.2f} / {ours['memory_gib']:.2f}" if args.device.startswith("cuda") else "-"
+        print(f"| {preset} | {batch_size} | {ref['img_s']:,.0f} | {ours['img_s']:,.0f} | **{ours['img_s'] / ref['img_s']:.2f}x** | {memory} |")
+    print(f"\n| UNet preset | sampling, batch {args.sample_batch}, {args.sample_steps} DDIM steps | DDPMPipeline fp32 (img/s) | genkit (img/s) | ratio |")
     print("|---|---|---|---|---|")
     for preset in args.presets:
         stock, ours = sampling(preset, args.sample_batch, args.sample_steps, args.device)

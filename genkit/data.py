@@ -23,6 +23,7 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image as PILImage
+from PIL import PngImagePlugin
 
 from .config import DataConfig
 from .corruption import corrupt
@@ -308,7 +309,7 @@ def _decode_rows(rows: list[dict[str, Any]], start: int, size: int, channels: in
     out = np.empty((len(rows), channels, size, size), dtype=np.uint8)
     for i, item in enumerate(rows):
         try:
-            with PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as img:
+            with _open_image(item) as img:
                 if resize == "resize" and img.format == "JPEG":
                     img.draft(mode, (size, size))  # let the JPEG decoder downscale: far less work for large photos
                 out[i] = _fit(img, mode, size, resize).reshape(size, size, channels).transpose(2, 0, 1)
@@ -316,6 +317,20 @@ def _decode_rows(rows: list[dict[str, Any]], start: int, size: int, channels: in
             name = repr(item.get("path") or f"row {start + i}")
             raise DataSourceError(f"cannot read image {name}: {type(err).__name__}: {err}. Remove or replace that file") from None
     return out
+
+
+def _open_image(item: dict[str, Any]) -> PILImage.Image:
+    """A PIL image from an undecoded cell (bytes or a path); PNGs skip PIL's format probing, ~15 % of a small PNG's cost."""
+    data = item.get("bytes")
+    if data is None:
+        with open(item["path"], "rb") as f:
+            data = f.read()
+    if data[:8] == PNG_SIGNATURE:
+        return PngImagePlugin.PngImageFile(io.BytesIO(data))
+    return PILImage.open(io.BytesIO(data))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _decode_into(batch: dict[str, list], indices: list[int], path: str, size: int, channels: int, resize: str) -> None:
@@ -352,16 +367,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GENKIT_CACHE", Path.home() / ".cache" / "genkit"))
 
 
-def _local_files(cfg: DataConfig, split: str) -> list[Path] | None:
-    """The local files a split is read from (None for Hub sources)."""
+def _local_stamp(cfg: DataConfig, split: str) -> str | None:
+    """A digest of the local files a split is read from (paths, sizes, modification times); None for Hub sources.
+
+    One `stat` per file and no path resolution, so a million-file imagefolder is stamped in seconds.
+    """
     name = cfg.source.lower().replace("-", "_")
     if name in BUILTIN:
         folder = locate_idx(name, split, cfg.data_dir)
-        return list(_find_idx(folder, split)) if folder else None
-    path = Path(cfg.source).expanduser()
-    if not path.exists():
-        return None
-    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        if not folder:
+            return None
+        root, files = folder.resolve(), [p.name for p in _find_idx(folder, split)]
+    else:
+        path = Path(cfg.source).expanduser()
+        if not path.exists():
+            return None
+        root = path.resolve()
+        files = [root.name] if root.is_file() else None
+        root = root.parent if root.is_file() else root
+    digest = hashlib.sha1(str(root).encode())
+    if files is None:
+        files = sorted(os.path.relpath(os.path.join(folder, f), root) for folder, _, names in os.walk(root) for f in names)
+    for relative in files:
+        st = os.stat(os.path.join(root, relative))
+        digest.update(f"{relative}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def load_split(cfg: DataConfig, split: str, subset: int | None = None) -> ImageTensors:
@@ -370,13 +400,11 @@ def load_split(cfg: DataConfig, split: str, subset: int | None = None) -> ImageT
     The cache entry is keyed by the source (local files by path, size and time; Hub datasets by their fingerprint)
     and every option that changes the pixels, so any process on the node, in any later run, reuses it.
     """
-    files = _local_files(cfg, split)
+    stamp = _local_stamp(cfg, split)
     ds = None
-    if files is None:  # a Hub dataset: its fingerprint says which version the local copy is
+    if stamp is None:  # a Hub dataset: its fingerprint says which version the local copy is
         ds = load_image_dataset(cfg.source, split, cfg.data_dir)
-        stamp: Any = ds._fingerprint
-    else:
-        stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        stamp = ds._fingerprint
     key = json.dumps([cfg.source, stamp, split, subset, cfg.image_size, cfg.resize, cfg.channels, sorted(cfg.exclude_labels), CACHE_VERSION])
     entry = cache_dir() / "decoded" / hashlib.sha1(key.encode()).hexdigest()
     if (entry / "meta.json").is_file():
