@@ -39,6 +39,7 @@ IDX_PREFIX = {"train": "train", "test": "t10k"}
 CACHE_VERSION = 2  # bump when the decoding changes
 MAX_IDX_SIDE = 4096  # pixels per side of an IDX image
 MAX_IDX_BYTES = 2**34  # 16 GiB: beyond any IDX data set, far below what a crafted header can claim
+DECODE_BATCH = 1000  # images per datasets.map batch in the parallel decode
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -247,11 +248,6 @@ class ImageTensors:
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.images)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of pixels in this split (or subset)."""
-        return len(self) * self.images[0].numel()
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels at `index` (positions within this split or subset)."""
@@ -506,9 +502,6 @@ def _decode_parallel(ds: datasets.Dataset, path: str, cfg: DataConfig) -> None:
     kwargs = {"path": path, "size": cfg.image_size, "channels": cfg.channels, "resize": cfg.resize}
     _undecoded(ds).map(_decode_into, batched=True, batch_size=DECODE_BATCH, with_indices=True, fn_kwargs=kwargs,
                        num_proc=workers if workers > 1 else None, load_from_cache_file=False, desc=f"decoding {len(ds):,} images")
-
-
-DECODE_BATCH = 1000
 
 
 def load_train_eval(cfg: DataConfig, seed: int = 0) -> tuple[ImageTensors, ImageTensors]:
