@@ -15,6 +15,7 @@ import torch
 from genkit.evaluation import (
     class_accuracy,
     feature_distances,
+    floors,
     get_classifier,
     real_pair,
 )
@@ -37,9 +38,10 @@ def main() -> None:
     data = family.config.data
     classifier = get_classifier(data, args.device)
     real, other_real = real_pair(data, args.num_samples)
-    floor = feature_distances(real, other_real, classifier)
+    floor = floors(data, real, other_real, classifier)
     labels = torch.arange(args.num_samples) % family.info.num_classes if family.conditional else None
-    print(f"\nreal-vs-real floor: FID {floor['fid']:.3f}, KID {floor['kid']:.5f} ({args.num_samples} images, device {args.device})\n")
+    print(f"\nfloors ({args.num_samples} images, device {args.device}): training images FID {floor['fid_train_floor']:.3f}, "
+          f"KID {floor['kid_train_floor']:.5f}; test vs test FID {floor['fid_real_floor']:.3f}\n")
     print("| scheduler | steps | x0 | FID | KID | class accuracy | ms / image |")
     print("|---|---|---|---|---|---|---|")
     for steps, name, x0 in [(s, n, x) for s in args.steps for n in args.schedulers for x in args.x0]:

@@ -27,8 +27,8 @@ RUNS = {
     "denoising autoencoder (gaussian 0.4)": ("autoencoder_denoising_mnist.yaml", ["epochs=5"]),
     "anomaly autoencoder (no 7 / no sneaker)": ("autoencoder_anomaly_mnist.yaml", ["epochs=10"]),
     "VAE (MLP, 16-d)": ("vae_mnist.yaml", ["epochs=10"]),
-    "DCGAN": ("dcgan_mnist.yaml", ["epochs=3", "model.width=32", "model.r1_gamma=0.0"]),
-    "RBM (PCD-1, 256 hidden)": ("rbm_mnist.yaml", ["epochs=3", "model.sample_steps=500"]),
+    "DCGAN": ("dcgan_mnist.yaml", ["epochs=3"]),
+    "RBM (PCD-1, 500 hidden)": ("rbm_mnist.yaml", ["epochs=3"]),
 }
 KEYS = ["mse", "pca32_mse", "denoise_mse", "noisy_input_mse", "anomaly_auroc", "elbo", "nll_iw100", "fid", "fid_real_floor", "kid", "kmeans_ari", "kmeans_nmi"]
 

@@ -1,16 +1,18 @@
 """genkit against compact reference recipes, family by family: same data, same epochs, same evaluator, one run.
 
 References (plain torch / sklearn, written here from their published recipes, nothing of genkit's inside them):
-- gan: the PyTorch-examples DCGAN (nz=100, ngf=ndf=32, BatchNorm in G and D, BCE, Adam 2e-4, beta1=0.5), at 28x28;
-- rbm: sklearn's `BernoulliRBM` (256 hidden units, its defaults otherwise) on binarized pixels;
+- gan: the PyTorch-examples DCGAN (nz=100, ngf=ndf=32, BatchNorm in G and D, BCE, Adam 2e-4, beta1=0.5, batch 64), at 28x28.
+- rbm: sklearn's `BernoulliRBM` (256 hidden units, its defaults otherwise) on binarized pixels.
 - vae: the course's Keras-style VAE, 784-256-z (z=16), summed BCE + KL, Adam 1e-3, on dynamically binarized pixels.
-(Diffusion's reference, the diffusers tutorial loop, is `throughput.py`'s; its quality comparison is not in here yet.)
+- diffusion: the diffusers tutorial loop (epsilon MSE, AdamW 1e-4, cosine with warm-up, no EMA) on the same UNet preset,
+  both sampled with DDIM at `--sample-steps`.
 
 Evaluator: FID in genkit's classifier feature space against the MNIST test split (and, where it is defined, the test
 log-likelihood: IW-NLL k=`--nll-k` for the VAEs, AIS for the RBMs), the same code for both columns. Prints a table with
 genkit / reference ratios (below 1 is better for FID and NLL).
 
-    python benchmarks/peers.py --data-dir ../shared/data/mnist --families gan vae rbm --epochs 2
+    python benchmarks/peers.py --data-dir ../shared/data/mnist --epochs 2
+    python benchmarks/peers.py --data-dir ../shared/data/mnist --families gan --epochs 5
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def run_genkit(config_name: str, data_dir: str, epochs: float, out: Path, **over
 # ---- GAN: PyTorch-examples DCGAN ---------------------------------------------------------------------------
 
 
-def reference_gan(x01: torch.Tensor, epochs: float, n: int, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """The PyTorch-examples DCGAN recipe at 28x28 (7 -> 14 -> 28); returns n samples in [0, 1] and training seconds."""
+def reference_gan(x01: torch.Tensor, epochs: float, n: int, seed: int = 0, batch_size: int = 64) -> tuple[torch.Tensor, float]:
+    """The PyTorch-examples DCGAN recipe (its default batch of 64) at 28x28 (7 -> 14 -> 28); n samples in [0, 1] and training seconds."""
     torch.manual_seed(seed)
     nz, ngf, ndf = 100, 32, 32
     G = nn.Sequential(nn.ConvTranspose2d(nz, ngf * 4, 7, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
@@ -79,12 +81,12 @@ def reference_gan(x01: torch.Tensor, epochs: float, n: int, seed: int = 0) -> tu
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     data = x01 * 2 - 1
-    per_epoch = len(data) // 128
+    per_epoch = len(data) // batch_size
     started = time.perf_counter()
     for step in range(int(epochs * per_epoch)):
         if step % per_epoch == 0:
             order = torch.randperm(len(data))
-        real = data[order[step % per_epoch * 128 :][:128]]
+        real = data[order[step % per_epoch * batch_size :][:batch_size]]
         fake = G(torch.randn(len(real), nz, 1, 1))
         loss_d = F.binary_cross_entropy_with_logits(D(real), torch.ones(len(real), 1)) + \
             F.binary_cross_entropy_with_logits(D(fake.detach()), torch.zeros(len(real), 1))
@@ -181,6 +183,48 @@ def rbm_scores(rbm: BernoulliRBM, train01: torch.Tensor, test01: torch.Tensor, d
     return {"log_likelihood": rbm.log_likelihood(test, log_z).mean().item(), "fid": fid(samples, data_dir, n)}
 
 
+# ---- diffusion: the diffusers tutorial loop --------------------------------------------------------------------------
+
+
+def reference_diffusion(x01: torch.Tensor, epochs: float, n: int, preset: str, steps: int, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """The diffusers "train a diffusion model" loop (zero-padded to 32x32, epsilon MSE, AdamW 1e-4, cosine with 500 warm-up steps,
+    no EMA) on the same UNet preset; n samples by the stock DDIM scheduler (its default clipping), cropped back to 28x28."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from genkit.families.diffusion import PRESETS, build_unet
+
+    torch.manual_seed(seed)
+    model, noise_scheduler = build_unet(32, 1, **PRESETS[preset]), DDPMScheduler(num_train_timesteps=1000)
+    data = F.pad(x01 * 2 - 1, (2, 2, 2, 2), value=-1.0)
+    per_epoch, total = len(data) // 128, int(epochs * (len(data) // 128))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 500, total)
+    started = time.perf_counter()
+    for step in range(total):
+        if step % per_epoch == 0:
+            order = torch.randperm(len(data))
+        clean = data[order[step % per_epoch * 128 :][:128]]
+        noise, t = torch.randn_like(clean), torch.randint(0, 1000, (len(clean),))
+        loss = F.mse_loss(model(noise_scheduler.add_noise(clean, noise, t), t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    seconds = time.perf_counter() - started
+    sampler = DDIMScheduler.from_config(noise_scheduler.config)
+    sampler.set_timesteps(steps)
+    images, g = [], torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for chunk in range(0, n, 250):
+            x = torch.randn(min(250, n - chunk), 1, 32, 32, generator=g)
+            for t in sampler.timesteps:
+                x = sampler.step(model(x, t).sample, t, x).prev_sample
+            images.append(((x[:, :, 2:30, 2:30] + 1) / 2).clamp(0, 1))
+    return torch.cat(images), seconds
+
+
 # ---- driver ---------------------------------------------------------------------------------------------------------
 
 
@@ -188,7 +232,9 @@ def main() -> None:
     """Train both sides of each family, score them with one evaluator, print the ratio table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--families", nargs="+", default=["gan", "vae", "rbm"], choices=["gan", "vae", "rbm"])
+    parser.add_argument("--families", nargs="+", default=["gan", "vae", "rbm", "diffusion"], choices=["gan", "vae", "rbm", "diffusion"])
+    parser.add_argument("--preset", default="tiny", help="UNet preset of both diffusion models")
+    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for both diffusion models")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--num-samples", type=int, default=1000, help="images per FID")
     parser.add_argument("--nll-k", type=int, default=1000)
@@ -202,6 +248,13 @@ def main() -> None:
             family, ours_s = run_genkit("dcgan_mnist.yaml", args.data_dir, args.epochs, Path(tmp) / "gan")
             ours = family.generate(args.num_samples, torch.Generator().manual_seed(0))
             rows.append(("gan: DCGAN (PyTorch examples)", "FID", fid(fake, args.data_dir, args.num_samples), fid(ours, args.data_dir, args.num_samples), ref_s, ours_s))
+        if "diffusion" in args.families:
+            fake, ref_s = reference_diffusion(train01, args.epochs, args.num_samples, args.preset, args.sample_steps)
+            family, ours_s = run_genkit("diffusion_mnist.yaml", args.data_dir, args.epochs, Path(tmp) / "diffusion", **{"model.preset": args.preset})
+            g = torch.Generator().manual_seed(0)
+            ours = torch.cat([family.generate(len(c), g, scheduler="ddim", steps=args.sample_steps) for c in torch.arange(args.num_samples).split(250)])
+            rows.append((f"diffusion: diffusers tutorial loop, `{args.preset}` UNet, DDIM {args.sample_steps} steps", "FID",
+                         fid(fake, args.data_dir, args.num_samples), fid(ours, args.data_dir, args.num_samples), ref_s, ours_s))
         if "vae" in args.families:
             test_bin = binarize_fixed(test01, torch.arange(len(test01)))[:1000]
             ref, ref_s = reference_vae(train01, args.epochs, binarize=True)
@@ -215,7 +268,9 @@ def main() -> None:
             b = rbm_scores(family.models["model"], train01, test01, args.data_dir, args.num_samples, args.ais_betas)
             rows.append(("rbm: sklearn BernoulliRBM, AIS test log-likelihood (nats)", "-LL", -a["log_likelihood"], -b["log_likelihood"], ref_s, ours_s))
             rows.append(("rbm: Gibbs samples", "FID", a["fid"], b["fid"], ref_s, ours_s))
-    print(f"\nMNIST, {args.epochs:g} epochs each, FID on {args.num_samples} samples in genkit's classifier features; lower is better\n")
+    floor = fid(train01[: args.num_samples], args.data_dir, args.num_samples)  # what reproducing the training images scores
+    print(f"\nMNIST, {args.epochs:g} epochs each, FID on {args.num_samples} samples in genkit's classifier features (training-data "
+          f"floor {floor:.1f}); lower is better\n")
     print("| family / reference | metric | reference | genkit | genkit / reference | train s: reference / genkit |")
     print("|---|---|---|---|---|---|")
     for name, metric, ref, ours, ref_s, ours_s in rows:

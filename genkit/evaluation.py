@@ -1,8 +1,9 @@
 """Offline evaluation: Fréchet distance and KID in the feature space of a small classifier that genkit trains itself.
 
 Inception features need a download and are meaningless on 28x28 digits; a CNN trained on the same data set (seeded,
-cached) gives features that separate the classes, and the real-vs-real distance is reported beside every score so a
-number can be read against its floor.
+cached) gives features that separate the classes. Two floors are reported beside every score: evaluation images
+against other evaluation images, and training images against evaluation images — the second is what a model that
+reproduces its training data exactly scores, so it is the floor a generative model can reach.
 """
 
 from __future__ import annotations
@@ -107,6 +108,21 @@ def real_pair(data: DataConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:n], images[n:]
 
 
+def floors(data: DataConfig, real: torch.Tensor, other_real: torch.Tensor, classifier: nn.Module) -> dict[str, float]:
+    """The two floors of a score against `real`: another set of evaluation images, and as many training images.
+
+    The second is what a perfect model of the training data scores (it reproduces training images); it sits above the
+    first because the classifier was fitted on the training split, so it is the floor a generative model can reach.
+    """
+    n, split = len(real), data.split
+    offset = 2 * n if split == (data.eval_split or data.split) else 0  # disjoint from real_pair's images
+    train = to_unit(real_images(data, split, n, offset))
+    if len(train) < n:
+        raise ConfigError(f"the {split!r} split has too few images for a training-data floor of {n}; lower the number of samples")
+    same, seen = feature_distances(real, other_real, classifier), feature_distances(real, train, classifier)
+    return {"fid_real_floor": same["fid"], "kid_real_floor": same["kid"], "fid_train_floor": seen["fid"], "kid_train_floor": seen["kid"]}
+
+
 def to_unit(images: ImageTensors) -> torch.Tensor:
     """uint8 images -> float in [0, 1]."""
     return images.images.float() / 255.0
@@ -127,8 +143,7 @@ def evaluate_generation(family, num_samples: int = 1000, device: str | torch.dev
         chunks.append(family.generate(n, generator, None if labels is None else labels[start : start + n], **options).cpu())
     fake = torch.cat(chunks)
     scores = feature_distances(real, fake, classifier)
-    floor = feature_distances(real, other_real, classifier)
-    result = {**scores, "fid_real_floor": floor["fid"], "kid_real_floor": floor["kid"], "num_samples": num_samples}
+    result = {**scores, **floors(data, real, other_real, classifier), "num_samples": num_samples}
     if labels is not None:
         result["class_accuracy"] = class_accuracy(fake, labels, classifier)
     return result

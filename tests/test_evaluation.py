@@ -9,6 +9,7 @@ from genkit.config import DataConfig
 from genkit.evaluation import (
     class_accuracy,
     feature_distances,
+    floors,
     get_classifier,
     real_images,
     to_unit,
@@ -44,6 +45,9 @@ def test_fid_separates_real_from_fake_and_has_a_floor(tiny_idx, cache):
     again = feature_distances(test, torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(1)), clf)
     twice = feature_distances(test, torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(1)), clf)
     assert again["kid"] == twice["kid"] and again["kid_std"] == twice["kid_std"]  # seeded subsets: one score per image set
+    both = floors(data, test[:32], test[32:], clf)  # the training-data floor: as many training images against the same reference
+    assert both["fid_train_floor"] == pytest.approx(feature_distances(test[:32], train[:32], clf)["fid"])
+    assert both["fid_real_floor"] == pytest.approx(feature_distances(test[:32], test[32:], clf)["fid"])
 
 
 def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):
@@ -56,7 +60,7 @@ def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):
     assert main(["eval", str(tmp_path / "run"), "--num-samples", "32", "--steps", "2", "--scheduler", "ddim"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out[out.index("{"):])
-    assert result["num_samples"] == 32 and result["fid"] > result["fid_real_floor"] >= 0
+    assert result["num_samples"] == 32 and result["fid"] > result["fid_real_floor"] >= 0 and result["fid_train_floor"] >= 0
     assert 0 <= result["class_accuracy"] <= 1 and "kid" in result
     assert json.loads((tmp_path / "run" / "eval_results.json").read_text()) == result
     assert main(["sample", str(tmp_path / "run"), "--n", "4", "--steps", "2", "--class-label", "3", "--out", str(tmp_path / "g.png")]) == 0

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_config
 
 from genkit.cli import main
-from genkit.config import ConfigError, TrainConfig
+from genkit.config import ConfigError, DataConfig, TrainConfig
 from genkit.engine import train
 from genkit.families import DataInfo
 from genkit.families.autoencoder import (
@@ -113,9 +113,34 @@ def test_gan_r1_and_conditional_labels(tiny_idx, tmp_path):
     assert set(p.name for p in (tmp_path / "run").iterdir()) >= {"generator", "discriminator"}
 
 
+def test_dcgan_is_the_pytorch_examples_recipe_and_batch_norm_sees_real_and_fake_apart(tiny_idx, tmp_path, monkeypatch):
+    G, D = Generator([1, 28, 28], 100, "dcgan", 32), Discriminator([1, 28, 28], "dcgan", 32)
+    assert sum(p.numel() for p in G.parameters()) == 759_680  # nz=100, ngf=32: 100x128x7x7 + 128x64x4x4 + 64x1x4x4 + BN
+    assert G(torch.randn(3, 100)).shape == (3, 1, 28, 28) and D(torch.randn(3, 1, 28, 28)).shape == (3,)
+    sizes = []
+    monkeypatch.setattr(Discriminator, "forward", lambda self, x, labels=None, f=Discriminator.forward: sizes.append(len(x)) or f(self, x, labels))
+    for norm, expected in [("batch", [8, 8, 8]), ("none", [16, 8])]:  # D step (real, fake), then G step
+        sizes.clear()
+        train(tiny_config(tiny_idx, tmp_path / norm, family="gan", data={"value_range": "-1,1"}, batch_size=8,
+                          model={"width": 8, "latent_dim": 8, "d_norm": norm}, max_steps=1))
+        assert sizes[:len(expected)] == expected, norm
+
+
+def test_exported_ema_generator_gets_batch_norm_statistics_of_its_own_weights(tiny_idx, tmp_path):
+    train(tiny_config(tiny_idx, tmp_path / "run", family="gan", data={"value_range": "-1,1"}, model={"width": 8, "latent_dim": 8},
+                      max_steps=6, ema_decay=0.5))
+    G = load_family(str(tmp_path / "run")).models["generator"]
+    first_conv, first_norm = G.net[1], G.net[2]
+    with torch.no_grad():
+        pre = first_conv(torch.randn(20_000, 8, 1, 1, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(first_norm.running_mean, pre.mean((0, 2, 3)), atol=0.01, rtol=0.05)
+    torch.testing.assert_close(first_norm.running_var, pre.var((0, 2, 3)), atol=0.01, rtol=0.05)
+
+
 def test_bad_family_options_are_named(tiny_idx, tmp_path):
     for family, model, data, match in [("vae", {"decoder": "poisson"}, {}, "model.decoder"), ("gan", {}, {}, "value_range"),
                                        ("gan", {"loss": "wasserstein"}, {"value_range": "-1,1"}, "model.loss"),
+                                       ("gan", {"d_norm": "layer"}, {"value_range": "-1,1"}, "model.d_norm"),
                                        ("autoencoder", {"sparsity": "l2"}, {}, "model.sparsity"), ("rbm", {"cd_k": 0}, {}, "cd_k")]:
         with pytest.raises(ConfigError, match=match):
             train(tiny_config(tiny_idx, tmp_path / family, family=family, model=model, data=data))
@@ -165,6 +190,19 @@ def test_linear_autoencoder_cannot_beat_pca_on_its_training_data(tiny_idx, tmp_p
     assert 0.95 * pca_mse <= ae_mse < 3 * pca_mse  # PCA is the optimum among rank-8 linear maps; the AE gets close
     with pytest.raises(ConfigError, match="set model.loss to 'mse'"):
         train(tiny_config(tiny_idx, tmp_path / "bad", model={"hidden_dims": [8], "linear": True}))
+
+
+def test_rbm_tracks_the_training_pixel_rates_and_starts_its_chains_from_them(tiny_idx, tmp_path, monkeypatch):
+    from genkit.data import load_split
+
+    train(tiny_config(tiny_idx, tmp_path / "run", family="rbm", model={"hidden": 16, "persistent": True}, max_steps=6, batch_size=64))
+    rbm = load_family(str(tmp_path / "run")).models["model"]
+    pixels = load_split(DataConfig(source="mnist", data_dir=str(tiny_idx)), "train").images.float().flatten(1) / 255
+    assert rbm.base_count.item() == 6 and (rbm.base_rate - pixels.mean(0)).abs().max() < 0.1  # 6 binarized batches of 64
+    starts = []
+    monkeypatch.setattr(BernoulliRBM, "gibbs", lambda self, v, k, generator=None: starts.append(v) or (v, v))
+    rbm.sample(2000, 1, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(starts[0].mean(0), rbm.base_rate, atol=0.05, rtol=0)
 
 
 def test_rbm_pseudo_likelihood_is_exact():

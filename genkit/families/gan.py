@@ -30,12 +30,14 @@ class Generator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["g
         elif architecture == "dcgan":
             if h % 4 or w % 4:
                 raise ValueError(f"DCGAN needs height and width divisible by 4, got {h}x{w}")
-            small = (2 * width, h // 4, w // 4)
+            # the PyTorch-examples DCGAN: z as a 1x1 map, a transposed conv to (h/4, w/4), two stride-2 upsamplings
             self.net = nn.Sequential(
-                nn.Linear(z_in, math.prod(small)), nn.BatchNorm1d(math.prod(small)), nn.ReLU(), nn.Unflatten(1, small),
-                nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.ConvTranspose2d(width, c, 4, 2, 1), nn.Tanh(),
+                nn.Unflatten(1, (z_in, 1, 1)),
+                nn.ConvTranspose2d(z_in, 4 * width, (h // 4, w // 4), 1, 0, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(),
+                nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                nn.ConvTranspose2d(2 * width, c, 4, 2, 1, bias=False), nn.Tanh(),
             )
+            dcgan_init(self.net)
         else:
             raise ValueError(f"architecture must be 'mlp' or 'dcgan', got {architecture!r}")
 
@@ -51,16 +53,20 @@ class Generator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["g
 class Discriminator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["genkit", "gan"]):
     """Image (and label, by projection) -> one real/fake logit."""
 
-    def __init__(self, image_shape: list[int] = (1, 28, 28), architecture: str = "dcgan", width: int = 64, num_classes: int | None = None):
+    def __init__(self, image_shape: list[int] = (1, 28, 28), architecture: str = "dcgan", width: int = 64, num_classes: int | None = None,
+                 norm: str = "batch", minibatch_std: bool = False):
         super().__init__()
         c, h, w = image_shape
+        self.batch_norm, self.minibatch_std = architecture == "dcgan" and norm == "batch", minibatch_std
         if architecture == "mlp":
             self.features = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 512), nn.LeakyReLU(0.2), nn.Linear(512, 256), nn.LeakyReLU(0.2))
-            dim = 256
+            dim = 256 + minibatch_std
         elif architecture == "dcgan":
-            self.features = nn.Sequential(nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, 2 * width, 4, 2, 1),
-                                          nn.LeakyReLU(0.2), nn.Flatten())
-            dim = 2 * width * (h // 4) * (w // 4)
+            self.features = nn.Sequential(nn.Conv2d(c, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
+                                          nn.Conv2d(width, 2 * width, 4, 2, 1, bias=not self.batch_norm),
+                                          nn.BatchNorm2d(2 * width) if self.batch_norm else nn.Identity(), nn.LeakyReLU(0.2))
+            dcgan_init(self.features)
+            dim = (2 * width + minibatch_std) * (h // 4) * (w // 4)
         else:
             raise ValueError(f"architecture must be 'mlp' or 'dcgan', got {architecture!r}")
         self.out = nn.Linear(dim, 1)
@@ -69,10 +75,24 @@ class Discriminator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Real/fake logits (N,)."""
         h = self.features(x)
+        if self.minibatch_std:  # one more feature: the batch's spread, which a collapsed generator cannot fake (Karras et al. 2018)
+            spread = h.std(0, correction=0).mean()
+            h = torch.cat([h, spread.expand(len(h), 1, *h.shape[2:])], 1)
+        h = h.flatten(1)
         logit = self.out(h).squeeze(1)
         if self.embed is not None:
             logit = logit + (self.embed(labels) * h).sum(1)
         return logit
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.'s initialisation: conv weights N(0, 0.02), batch-norm scales N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
 
 
 class GANFamily(Family):
@@ -86,7 +106,8 @@ class GANFamily(Family):
     @classmethod
     def model_options(cls) -> dict[str, Any]:
         """The keys accepted under `model:`, with their defaults."""
-        return {"architecture": "dcgan", "latent_dim": 64, "width": 64, "conditional": False, "loss": "non_saturating", "r1_gamma": 0.0}
+        return {"architecture": "dcgan", "latent_dim": 100, "width": 32, "conditional": False, "loss": "non_saturating", "r1_gamma": 0.0,
+                "d_norm": "batch", "minibatch_std": False}
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
@@ -95,6 +116,8 @@ class GANFamily(Family):
         m = {**cls.model_options(), **config.model}
         if m["architecture"] not in ("mlp", "dcgan"):
             raise ConfigError(f"model.architecture must be mlp or dcgan, got {m['architecture']!r}")
+        if m["d_norm"] not in ("batch", "none"):
+            raise ConfigError(f"model.d_norm must be batch or none, got {m['d_norm']!r}")
         if m["loss"] not in ("non_saturating", "hinge"):
             raise ConfigError(f"model.loss must be non_saturating or hinge, got {m['loss']!r}")
         if config.data.value_range != "-1,1":
@@ -109,7 +132,7 @@ class GANFamily(Family):
         """Fresh modules for this family."""
         shape, arch, width = list(self.info.image_shape), self.option("architecture"), self.option("width")
         classes = self.info.num_classes if self.option("conditional") else None
-        return {"discriminator": Discriminator(shape, arch, width, classes), "generator": Generator(shape, self.option("latent_dim"), arch, width, classes)}
+        return {"discriminator": Discriminator(shape, arch, width, classes, self.option("d_norm"), self.option("minibatch_std")), "generator": Generator(shape, self.option("latent_dim"), arch, width, classes)}
 
     def _fake(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         z = torch.randn(n, unwrap(self.models["generator"]).latent_dim, device=device)
@@ -125,9 +148,10 @@ class GANFamily(Family):
                 fake = self._fake(len(real), labels, real.device)
             gamma = self.option("r1_gamma")
             real_in = real.detach().requires_grad_(gamma > 0)
-            # one forward over real and fake keeps DDP to a single reduction per step
-            logits = D(torch.cat([real_in, fake]), None if labels is None else torch.cat([labels, labels])).float()
-            real_logit, fake_logit = logits.chunk(2)
+            if unwrap(D).batch_norm:  # separate batches: batch statistics of real and fake images must not mix (ganhacks)
+                real_logit, fake_logit = D(real_in, labels).float(), D(fake, labels).float()
+            else:  # one forward over both
+                real_logit, fake_logit = D(torch.cat([real_in, fake]), None if labels is None else torch.cat([labels, labels])).float().chunk(2)
             if hinge:
                 loss = F.relu(1 - real_logit).mean() + F.relu(1 + fake_logit).mean()
             else:
@@ -140,6 +164,35 @@ class GANFamily(Family):
             return loss, logs
         fake_logit = D(self._fake(len(real), labels, real.device), labels).float()
         return (-fake_logit.mean() if hinge else F.softplus(-fake_logit).mean()), {}
+
+    @torch.no_grad()
+    def standing_statistics(self, batches: int = 20, batch_size: int = 256) -> None:
+        """Re-estimate the generator's batch-norm statistics for its current weights (BigGAN's "standing statistics").
+
+        The engine swaps EMA weights in for sampling and export, but batch-norm running statistics are buffers that were
+        accumulated by the live weights; the averaged weights need their own.
+        """
+        G = unwrap(self.models["generator"])
+        norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or not self.config.ema_decay:
+            return
+        device, was_training = next(G.parameters()).device, G.training
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+        G.train()
+        generator = torch.Generator(device).manual_seed(0)  # the same statistics each time these weights are exported
+        for _ in range(batches):
+            labels = torch.randint(0, self.info.num_classes, (batch_size,), device=device, generator=generator) if self.conditional else None
+            G(torch.randn(batch_size, G.latent_dim, device=device, generator=generator), labels)
+        for m in norms:
+            m.momentum = 0.1
+        G.train(was_training)
+
+    def save(self, directory) -> None:
+        """Export G and D; G's batch-norm statistics re-estimated for the exported (EMA) weights first."""
+        self.standing_statistics()
+        super().save(directory)
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:

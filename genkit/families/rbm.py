@@ -23,6 +23,9 @@ class BernoulliRBM(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=
         self.W = nn.Parameter(torch.randn(visible, hidden) * 0.01)
         self.b = nn.Parameter(torch.zeros(visible))
         self.c = nn.Parameter(torch.zeros(hidden))
+        # the training pixels' mean rates, tracked during training: Gibbs chains start from draws of them (see `sample`)
+        self.register_buffer("base_rate", torch.full((visible,), 0.5))
+        self.register_buffer("base_count", torch.zeros(()))
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """F(v) = -v.b - sum_j softplus(c_j + (vW)_j), per example."""
@@ -99,10 +102,19 @@ class BernoulliRBM(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=
         return self.visible_probs(self.hidden_probs(x)).view(-1, *self.image_shape)
 
     @torch.no_grad()
+    def track_base_rate(self, v: torch.Tensor) -> None:
+        """Fold a training batch into `base_rate`: a running mean over the first 100 batches, then an average with weight 0.01."""
+        self.base_count += 1
+        self.base_rate.lerp_(v.flatten(1).float().mean(0), 1 / self.base_count.clamp(max=100))  # no host sync
+
+    @torch.no_grad()
     def sample(self, n: int, steps: int = 1000, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run n Gibbs chains from uniform noise for `steps` steps; return the final p(v) as images."""
-        device = self.W.device
-        v = torch.bernoulli(torch.full((n, self.W.shape[0]), 0.5, device=device), generator=generator)
+        """Run n Gibbs chains for `steps` steps from draws of the training pixels' rates; return the final p(v) as images.
+
+        Chains started from uniform noise (half the pixels on) wander where PCD's chains, started from data, never went:
+        on MNIST half of them stall in a grey state for thousands of steps (FID 498 vs 98 at 1,000 steps, 500 hidden units).
+        """
+        v = torch.bernoulli(self.base_rate.expand(n, -1), generator=generator)
         _, probs = self.gibbs(v, steps, generator)
         return probs.view(-1, *self.image_shape)
 
@@ -149,6 +161,7 @@ class RBMFamily(Family):
         v = batch["input"].flatten(1).float()
         if self.option("binarize"):
             v = torch.bernoulli(v)
+        rbm.track_base_rate(v)
         with torch.no_grad():
             start = v
             if self.option("persistent"):
