@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -175,7 +176,7 @@ class GANFamily(Family):
         norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms or not self.config.ema_decay:
             return
-        device, was_training = next(G.parameters()).device, G.training
+        device, was_training, momenta = next(G.parameters()).device, G.training, [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # a plain average over the batches below
@@ -184,11 +185,11 @@ class GANFamily(Family):
         for _ in range(batches):
             labels = torch.randint(0, self.info.num_classes, (batch_size,), device=device, generator=generator) if self.conditional else None
             G(torch.randn(batch_size, G.latent_dim, device=device, generator=generator), labels)
-        for m in norms:
-            m.momentum = 0.1
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
         G.train(was_training)
 
-    def save(self, directory) -> None:
+    def save(self, directory: str | Path) -> None:
         """Export G and D; G's batch-norm statistics re-estimated for the exported (EMA) weights first."""
         self.standing_statistics()
         super().save(directory)
