@@ -269,8 +269,8 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
         with gr.Tab("Sample"):
             with gr.Row():
                 with gr.Column():
-                    scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++", label="Scheduler (diffusion)")
-                    steps = gr.Slider(1, _budget.steps, value=25, step=1, label="Steps (diffusion)")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++_sde", label="Scheduler (diffusion)")
+                    steps = gr.Slider(1, _budget.steps, value=20, step=1, label="Steps (diffusion)")
                     # custom values allowed: the choices follow the loaded model, and API callers may name any class
                     class_label = gr.Dropdown(["(none)", "(one of each)"], value="(none)", label="Class label (conditional models)",
                                               allow_custom_value=True)

@@ -60,7 +60,7 @@ class DiffusionFamily(Family):
             "preset": "small", "block_out_channels": None, "layers_per_block": None, "attention": None,
             "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
             "class_conditional": False, "label_dropout": 0.1,
-            "sampler": "euler_a", "sample_steps": 25, "guidance_scale": 2.0, "timestep_spacing": None,
+            "sampler": "dpm++_sde", "sample_steps": 20, "guidance_scale": 2.0, "timestep_spacing": None,
             # the predicted clean image at each sampling step: clipped to [-range, range] (null: on in pixel space, off
             # for latents) or, with thresholding, Imagen's dynamic thresholding at the given quantile
             "clip_sample": None, "clip_sample_range": 1.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
