@@ -304,7 +304,8 @@ def print_tables(rows: list[dict], args: argparse.Namespace) -> None:
         print(f"| {r['format']} | {r['n']:,} | {old['decode_s']:.1f} | {new['decode_s']:.1f} | {old['decode_s'] / new['decode_s']:.2f}x | "
               f"{old['peak_mib']:,.0f} / {new['peak_mib']:,.0f} |" if old else
               f"| {r['format']} | {r['n']:,} | not run | {new['decode_s']:.1f} | | - / {new['peak_mib']:,.0f} |")
-    print("\n| data set | images | first step, cold: recipe / genkit (s) | first step, warm: recipe / genkit (s) | steady img/s: recipe / genkit | ratio | peak private RSS: recipe / genkit (MiB) |")
+    print("\n| data set | images | first step, cold: recipe / genkit (s) | first step, warm: recipe / genkit (s) "
+          "| steady img/s: recipe / genkit | ratio | peak private RSS: recipe / genkit (MiB) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         rc, rw, gc, gw = r["recipe_cold"], r["recipe_warm"], r["genkit_cold"], r["genkit_warm"]

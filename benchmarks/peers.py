@@ -252,7 +252,8 @@ def main() -> None:
             fake, ref_s = reference_gan(train01, epochs["gan"], args.num_samples)
             family, ours_s = run_genkit("dcgan_mnist.yaml", args.data_dir, epochs["gan"], Path(tmp) / "gan")
             ours = family.generate(args.num_samples, torch.Generator().manual_seed(0))
-            rows.append(("gan: DCGAN (PyTorch examples)", epochs["gan"], "FID", fid(fake, args.data_dir, args.num_samples), fid(ours, args.data_dir, args.num_samples), ref_s, ours_s))
+            rows.append(("gan: DCGAN (PyTorch examples)", epochs["gan"], "FID", fid(fake, args.data_dir, args.num_samples),
+                         fid(ours, args.data_dir, args.num_samples), ref_s, ours_s))
         if "diffusion" in args.families:
             fake, ref_s = reference_diffusion(train01, epochs["diffusion"], args.num_samples, args.preset, args.sample_steps)
             family, ours_s = run_genkit("diffusion_mnist.yaml", args.data_dir, epochs["diffusion"], Path(tmp) / "diffusion", **{"model.preset": args.preset})
@@ -271,7 +272,8 @@ def main() -> None:
             family, ours_s = run_genkit("rbm_mnist.yaml", args.data_dir, int(epochs["rbm"]), Path(tmp) / "rbm")
             a = rbm_scores(ref, train01, test01, args.data_dir, args.num_samples, args.ais_betas)
             b = rbm_scores(family.models["model"], train01, test01, args.data_dir, args.num_samples, args.ais_betas)
-            rows.append(("rbm: sklearn BernoulliRBM, AIS test log-likelihood (nats)", epochs["rbm"], "-LL", -a["log_likelihood"], -b["log_likelihood"], ref_s, ours_s))
+            rows.append(("rbm: sklearn BernoulliRBM, AIS test log-likelihood (nats)", epochs["rbm"], "-LL",
+                         -a["log_likelihood"], -b["log_likelihood"], ref_s, ours_s))
             rows.append(("rbm: Gibbs samples", epochs["rbm"], "FID", a["fid"], b["fid"], ref_s, ours_s))
     floor = fid(train01[: args.num_samples], args.data_dir, args.num_samples)  # what reproducing the training images scores
     print(f"\nMNIST, FID on {args.num_samples} samples in genkit's classifier features (training-data "

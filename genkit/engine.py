@@ -136,7 +136,8 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
 
     # ---- the loop -----------------------------------------------------------------------------------------
     with interrupt_flag() as interrupted:  # Ctrl-C: finish the step, save a checkpoint, stop
-        progress = tqdm(total=max_steps, initial=state["step"], disable=not (config.progress_bar and accelerator.is_local_main_process), desc=f"{config.family}")
+        show = config.progress_bar and accelerator.is_local_main_process
+        progress = tqdm(total=max_steps, initial=state["step"], disable=not show, desc=f"{config.family}")
         running: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
         since_log = 0
         stop_reason = "max_steps"
@@ -330,7 +331,8 @@ def _check_finite(row: dict[str, float], step: int, config: TrainConfig) -> None
     if bad:
         raise TrainingDiverged(
             f"{', '.join(bad)} became {row[bad[0]]} by step {step}. The run is stopped; checkpoints already saved are intact. "
-            f"Continue from the last one with a lower learning rate or clipping, e.g. `genkit train --config {Path(config.output_dir) / 'training_config.json'} "
+            "Continue from the last one with a lower learning rate or clipping, e.g. "
+            f"`genkit train --config {Path(config.output_dir) / 'training_config.json'} "
             f"--resume latest --set learning_rate={config.learning_rate / 10:g} max_grad_norm=1.0`"
             + (" mixed_precision=bf16" if config.mixed_precision == "fp16" else "")
             + " (learning_rate, weight_decay, betas, max_grad_norm and mixed_precision may change on resume).")

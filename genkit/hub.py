@@ -49,7 +49,8 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     source = config.data.source
     dataset = BUILTIN[source][0] if source in BUILTIN else (source if HUB_ID.match(source) else None)
     meta = {"library_name": "diffusers" if family == "diffusion" else "genkit", "license": "apache-2.0",
-            "tags": ["genkit", family, *(["class-conditional"] if conditional else []), *(["diffusers:DDPMPipeline"] if family == "diffusion" and not conditional and not config.model.get("autoencoder") else [])],
+            "tags": ["genkit", family, *(["class-conditional"] if conditional else []),
+                     *(["diffusers:DDPMPipeline"] if family == "diffusion" and not conditional and not config.model.get("autoencoder") else [])],
             "pipeline_tag": PIPELINE_TAGS.get(family, "other")}
     if dataset:
         meta["datasets"] = [dataset]

@@ -177,7 +177,8 @@ def read_image(upload, sketch, invert: str, size: int, channels: int) -> torch.T
     return torch.from_numpy(array)[None]
 
 
-def denoise(source: str, upload, sketch, invert: str, noise_type: str, noise_level: float, strength: float, steps: float, seed: float) -> tuple[Image.Image, Image.Image]:
+def denoise(source: str, upload, sketch, invert: str, noise_type: str, noise_level: float, strength: float, steps: float,
+            seed: float) -> tuple[Image.Image, Image.Image]:
     """Corrupt the image, then restore it: diffusion (noise to a level, reverse) or an autoencoder (one pass)."""
     family = get_family(source)
     x = read_image(upload, sketch, invert, family.info.image_size, family.info.channels)

@@ -36,8 +36,9 @@ def test_bad_config_and_data_errors_are_readable(tmp_path, tiny_idx, capsys):
     assert_clean_error(run("train", "--config", str(CONFIG), "--set", "data.value_range=-1,1"), "set data.value_range to '0,1'")
     assert_clean_error(run("train", "--config", str(CONFIG), "--output-dir", str(tmp_path / "r"), "--resume", "latest"), "no run to resume")
     assert_clean_error(run("reconstruct", str(tmp_path)), "not a genkit run directory")
-    from genkit.engine import train
     from conftest import tiny_config
+
+    from genkit.engine import train
 
     train(tiny_config(tiny_idx, tmp_path / "ae", max_steps=2))
     assert_clean_error(run("sample", str(tmp_path / "ae")), "does not generate new images")

@@ -211,9 +211,8 @@ def test_imagefolder_with_a_broken_file_names_it(tmp_path, damage):
     (b"\x1f\x8b", "bad magic number"),
 ])
 def test_idx_headers_with_absurd_dimensions_are_refused_before_reading(tmp_path, header, message):
-    from conftest import write_idx
-
     import numpy as np
+    from conftest import write_idx
 
     folder = tmp_path / "idx"
     folder.mkdir()

@@ -178,7 +178,8 @@ def test_loss_targets_match_prediction_type():
     info = DataInfo(1, 8, ["a", "b"], "-1,1")
     x0 = targets(1).repeat(4, 1, 1, 1)
     for kind in ["epsilon", "v_prediction", "sample"]:
-        config = TrainConfig.from_dict({"family": "diffusion", "model": {"prediction_type": kind, "beta_schedule": "squaredcos_cap_v2"}, "data": {"value_range": "-1,1"}})
+        model = {"prediction_type": kind, "beta_schedule": "squaredcos_cap_v2"}
+        config = TrainConfig.from_dict({"family": "diffusion", "model": model, "data": {"value_range": "-1,1"}})
         family = DiffusionFamily(config, info, {"unet": OracleUNet(targets(1), kind)})
         loss, _ = family.loss("unet", {"image": x0, "label": torch.zeros(4, dtype=torch.long)})
         assert loss.item() < 1e-6, kind  # the exact denoiser has zero loss for every target

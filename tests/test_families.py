@@ -46,7 +46,8 @@ def test_every_shipped_config_trains_and_loads(config, tiny_idx, tmp_path, capsy
 
 
 def test_models_round_trip_through_from_pretrained(tmp_path):
-    for model in [MLPAutoencoder(hidden_dims=[16, 4], linear=True), ConvAutoencoder(latent_dim=8, width=8), VAE(latent_dim=2, architecture="conv", width=8, decoder="gaussian"),
+    for model in [MLPAutoencoder(hidden_dims=[16, 4], linear=True), ConvAutoencoder(latent_dim=8, width=8),
+                  VAE(latent_dim=2, architecture="conv", width=8, decoder="gaussian"),
                   Generator(latent_dim=8, width=8, num_classes=10), Discriminator(width=8, num_classes=10), BernoulliRBM(hidden=16)]:
         path = tmp_path / type(model).__name__
         model.save_pretrained(path)

@@ -151,7 +151,8 @@ class DiffusionFamily(Family):
 
     def build(self) -> dict[str, torch.nn.Module]:
         """Fresh modules for this family."""
-        arch = {**PRESETS[self.option("preset")], **{k: self.config.model[k] for k in ["block_out_channels", "layers_per_block", "attention"] if self.config.model.get(k) is not None}}
+        explicit = {k: self.config.model[k] for k in ["block_out_channels", "layers_per_block", "attention"] if self.config.model.get(k) is not None}
+        arch = {**PRESETS[self.option("preset")], **explicit}
         classes = self.info.num_classes if self.option("class_conditional") else None
         size, channels = (4, self.autoencoder.latent_dim // 16) if self.autoencoder is not None else (self.info.image_size, self.info.channels)
         return {"unet": build_unet(size, channels, num_classes=classes, **arch)}

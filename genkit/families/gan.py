@@ -132,7 +132,8 @@ class GANFamily(Family):
         """Fresh modules for this family."""
         shape, arch, width = list(self.info.image_shape), self.option("architecture"), self.option("width")
         classes = self.info.num_classes if self.option("conditional") else None
-        return {"discriminator": Discriminator(shape, arch, width, classes, self.option("d_norm"), self.option("minibatch_std")), "generator": Generator(shape, self.option("latent_dim"), arch, width, classes)}
+        return {"discriminator": Discriminator(shape, arch, width, classes, self.option("d_norm"), self.option("minibatch_std")),
+                "generator": Generator(shape, self.option("latent_dim"), arch, width, classes)}
 
     def _fake(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         z = torch.randn(n, unwrap(self.models["generator"]).latent_dim, device=device)
