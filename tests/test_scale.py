@@ -10,6 +10,7 @@ from conftest import tiny_config
 from PIL import Image
 
 import genkit.data as data_mod
+import genkit.data.cache as cache_mod
 from genkit.config import ConfigError, DataConfig
 from genkit.data import DataSourceError, load_image_dataset, load_split, load_train_eval, make_batch, to_tensors
 from genkit.engine import train
@@ -63,7 +64,7 @@ def test_a_broken_image_is_named_from_a_decode_worker_and_nothing_is_cached(tmp_
 
 def test_a_large_split_stays_mapped_and_its_hold_out_copies_no_pixels(rgb_2400, tmp_path, monkeypatch):
     monkeypatch.setenv("GENKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data_mod, "MEMORY_LIMIT_BYTES", 100 * 3 * 16 * 16)  # "large" = more than 100 images here
+    monkeypatch.setattr(cache_mod, "MEMORY_LIMIT_BYTES", 100 * 3 * 16 * 16)  # "large" = more than 100 images here
     cfg = DataConfig(source=str(rgb_2400), image_size=16, channels=3, eval_split=None, eval_fraction=0.02)
     train_data, eval_data = load_train_eval(cfg, seed=3)
     assert train_data.mapped and train_data.rows is not None and len(train_data) == 2400 - 48
@@ -88,9 +89,9 @@ def test_hub_sources_are_cached_by_fingerprint(tmp_path, monkeypatch):
         return ds
 
     decodes = []
-    real = data_mod._decode_parallel
-    monkeypatch.setattr(data_mod, "load_image_dataset", fake_hub)
-    monkeypatch.setattr(data_mod, "_decode_parallel", lambda *a: decodes.append(1) or real(*a))
+    real = cache_mod._decode_parallel
+    monkeypatch.setattr(cache_mod, "load_image_dataset", fake_hub)
+    monkeypatch.setattr(cache_mod, "_decode_parallel", lambda *a: decodes.append(1) or real(*a))
     cfg = DataConfig(source="someone/tiny-set", image_size=8)
     first = load_split(cfg, "train")
     assert len(decodes) == 1 and first.images[3].max().item() == 30 and first.class_names == ["a", "b"]
