@@ -18,12 +18,18 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
+MAX_IMAGE_SIZE = 4096  # pixels per side: beyond it a decoded split no longer fits anywhere (100000 px would be 596 GiB for MNIST)
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are shaped before they reach a model."""
 
     source: str = "mnist"  # mnist | fashion_mnist | a Hub dataset id | a local path
     data_dir: str | None = None  # local IDX folder for mnist / fashion_mnist (else searched, then the Hub)
+    revision: str | None = None  # Hub datasets: a branch, tag or commit (pin a commit for reproducible runs)
+    config_name: str | None = None  # Hub datasets with several configurations: which one
+    streaming: bool = False  # Hub datasets: stream the split into the decode cache (with subset: only the first N rows are fetched)
     split: str = "train"
     eval_split: str | None = "test"  # None: hold out `eval_fraction` of the training split
     eval_fraction: float = 0.05
@@ -70,7 +76,7 @@ class TrainConfig:
     warmup_steps: int = 0
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str | None = None  # no | fp16 | bf16; null: what `accelerate launch` / ACCELERATE_MIXED_PRECISION says (else no)
     compile: bool = False  # torch.compile the models (pays on a GPU after a minute of compiling)
     channels_last: bool = False  # NHWC memory format for convolutions (tensor cores)
     allow_tf32: bool = True  # TF32 matmuls and convolutions on Ampere+ GPUs (no effect on the CPU)
@@ -86,7 +92,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     early_stopping_metric: str = "eval_loss"
     early_stopping_mode: str = "min"
-    log_with: str | None = "tensorboard"  # tensorboard | none
+    log_with: str | None = "tensorboard"  # none, or any tracker accelerate knows (tensorboard, trackio, wandb, mlflow, ...), comma-separated
     progress_bar: bool = True
     init_from: str | None = None  # fine-tune: a run directory (or Hub id) to start from
     trainable_layers: int | None = None  # fine-tune: train only the last N layers, freeze the rest
@@ -148,7 +154,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check value ranges and choices; raise ConfigError with the fix."""
         d = self.data
-        _choice("mixed_precision", self.mixed_precision, ["no", "fp16", "bf16"])
+        _choice("mixed_precision", self.mixed_precision, [None, "no", "fp16", "bf16"])
         _choice("optimizer", self.optimizer, ["adam", "adamw", "sgd"])
         _choice("lr_scheduler", self.lr_scheduler, ["constant", "constant_with_warmup", "cosine", "linear"])
         _choice("early_stopping_mode", self.early_stopping_mode, ["min", "max"])
@@ -162,8 +168,7 @@ class TrainConfig:
             raise ConfigError(f"data.decode_workers must be >= 1 (or null for every core), got {d.decode_workers}")
         if self.fused_optimizer and self.optimizer == "sgd":
             raise ConfigError("fused_optimizer applies to adam and adamw; set it to null or false with optimizer sgd")
-        if self.log_with not in (None, "none", "tensorboard"):
-            raise ConfigError(f"log_with must be 'tensorboard' or 'none', got {self.log_with!r}")
+        trackers(self.log_with)
         for name in ["batch_size", "gradient_accumulation_steps", "keep_last", "log_every", "eval_batches", "num_samples"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -179,8 +184,10 @@ class TrainConfig:
             raise ConfigError(f"max_grad_norm must be > 0 (or null), got {self.max_grad_norm}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if d.image_size < 8:
-            raise ConfigError(f"data.image_size must be >= 8, got {d.image_size}")
+        if not 8 <= d.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"data.image_size must be in [8, {MAX_IMAGE_SIZE}], got {d.image_size}")
+        if d.streaming and d.subset is None and d.eval_split is None:
+            raise ConfigError("data.streaming with a held-out evaluation part (eval_split: null) needs data.subset: a stream has no end to hold out from")
         if d.subset is not None and d.subset < 1:
             raise ConfigError(f"data.subset must be >= 1, got {d.subset}")
         if not 0 <= d.corruption_level <= 1 and d.corruption != "gaussian":
@@ -192,6 +199,20 @@ class TrainConfig:
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id (e.g. your-name/genkit-mnist-ae)")
         return self
+
+
+def trackers(log_with: str | None) -> list[str]:
+    """The trackers named by `log_with` (comma-separated; none or null: no tracker), each one accelerate knows."""
+    from accelerate.utils import LoggerType
+
+    names = [n.strip().lower() for n in (log_with or "none").split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    known = [t.value for t in LoggerType]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"log_with: unknown tracker(s) {', '.join(map(repr, unknown))}; choose from none, {', '.join(known)} (comma-separated)")
+    return names
 
 
 def _choice(name: str, value: Any, allowed: list[Any]) -> None:

@@ -31,6 +31,7 @@ from .data import ImageTensors, ShardedBatches, load_train_eval, make_batch
 from .families import DataInfo, Family, get_family
 from .families.base import unwrap
 from .plots import save_grid, save_loss_curve
+from .tracking import available_trackers, log_image, resolve_mixed_precision, tracker_init_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,14 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
     config.validate()
     config.data.resolve_paths()
+    config.mixed_precision = resolve_mixed_precision(config)  # the launcher's choice, recorded: a resume trains the same way
     family_cls = get_family(config.family)
     family_cls.check_config(config)
     run_dir = Path(config.output_dir)
     _check_run_dir(run_dir, config, resume, overwrite)
     _check_writable(run_dir)
 
-    log_with = None if config.log_with in (None, "none") else config.log_with
+    log_with = available_trackers(config) or None
     # train() may run several times in one process (notebooks, tests) with other precision settings
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=log_with,
@@ -129,7 +131,8 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         info.save(run_dir)
     state["run_id"] = _broadcast_run_id(accelerator, state.get("run_id"))
     if log_with:
-        accelerator.init_trackers("genkit", config={k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers("genkit", config={k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))},
+                                  init_kwargs=tracker_init_kwargs(run_dir))
 
     eval_batches = list(_eval_batches(eval_data, config, accelerator.device))
     sample_generator = torch.Generator(device="cpu")
@@ -192,6 +195,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
                         images, nrow = family.sample_grid(eval_batches[0], sample_generator)
                         save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow)
                         save_grid(images, run_dir / "samples.png", nrow)
+                        log_image(accelerator, "samples", run_dir / "samples.png", step)
                 state["history"].append({"step": step, **metrics})
                 accelerator.log(metrics, step=step)
                 if _early_stop(state, metrics, config):
@@ -220,6 +224,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
                 family.save(run_dir)
             (run_dir / "metrics.json").write_text(json.dumps({"final": summary, "history": state["history"]}, indent=2) + "\n")
             save_loss_curve(state["history"], run_dir / "loss_curve.png")
+            log_image(accelerator, "loss_curve", run_dir / "loss_curve.png", state["step"])
         except OSError as err:
             raise RunDirError(f"cannot write the trained model into {run_dir}: {_os_reason(err)}. The checkpoints are intact: "
                               "free some space, then `--resume latest` exports the model without training further") from None

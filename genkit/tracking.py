@@ -1,0 +1,83 @@
+"""Experiment trackers through Accelerate: which ones to start, the precision the launcher asked for, and images to each.
+
+accelerate logs scalars to every tracker itself; images it logs only for some (`log_images`), so the others get them
+through their own API (`accelerator.get_tracker(name, unwrap=True)`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from accelerate import Accelerator
+from PIL import Image
+
+from .config import ConfigError, TrainConfig, trackers
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ["no", "fp16", "bf16"]
+
+
+def resolve_mixed_precision(config: TrainConfig) -> str:
+    """The config's mixed_precision, else the launcher's (`accelerate launch` / `accelerate config` set ACCELERATE_MIXED_PRECISION), else no."""
+    if config.mixed_precision is not None:
+        return config.mixed_precision
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if value not in PRECISIONS:
+        raise ConfigError(f"the launcher asks for mixed precision {value!r} (ACCELERATE_MIXED_PRECISION); genkit trains with {', '.join(PRECISIONS)}")
+    return value
+
+
+def available_trackers(config: TrainConfig) -> list[str]:
+    """The trackers of `config.log_with`, each one installed (accelerate would skip a missing one without a word)."""
+    from accelerate.tracking import get_available_trackers
+
+    names = trackers(config.log_with)
+    available = [str(t) for t in get_available_trackers()]
+    missing = [n for n in names if n != "all" and n not in available]
+    if missing:
+        raise ConfigError(f"log_with={config.log_with!r}: {', '.join(missing)} is not installed here (pip install {' '.join(missing)}), "
+                          f"installed trackers: {', '.join(available) or 'none'}; or set log_with=none")
+    return names
+
+
+def tracker_init_kwargs(run_dir: Path) -> dict[str, dict]:
+    """Per-tracker start options: the run's name, and no dashboard pop-up from trackio."""
+    return {"trackio": {"name": run_dir.name, "embed": False}, "wandb": {"name": run_dir.name}}
+
+
+def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None:
+    """Log the PNG at `path` as image `key` to every started tracker; a tracker that fails is named, never fatal."""
+    if not accelerator.is_main_process or not accelerator.trackers:
+        return
+    with Image.open(path) as img:
+        image = img.convert("RGB")
+    for tracker in accelerator.trackers:
+        try:
+            _log_to(tracker, key, image, step)
+        except Exception as err:  # an image is a convenience: the run goes on without it
+            logger.warning("could not log image %r to %s: %s: %s", key, tracker.name, type(err).__name__, err)
+
+
+def _log_to(tracker, key: str, image: Image.Image, step: int) -> None:
+    if tracker.name == "tensorboard":
+        tracker.log_images({key: np.asarray(image)[None]}, step=step, dataformats="NHWC")
+    elif tracker.name == "trackio":
+        import trackio
+
+        tracker.tracker.log({key: trackio.Image(image)}, step=step)
+    elif tracker.name == "comet_ml":
+        tracker.tracker.log_image(image, name=key, step=step)
+    elif tracker.name == "mlflow":
+        import mlflow
+
+        mlflow.log_image(image, key=key, step=step)
+    elif tracker.name == "dvclive":
+        tracker.tracker.log_image(f"{key}.png", image)
+    elif tracker.name == "aim":
+        tracker.log_images({key: image}, step=step)
+    elif hasattr(tracker, "log_images"):  # wandb, clearml, swanlab
+        tracker.log_images({key: [image]}, step=step)
