@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full or read-only disk, a file that vanished: the reason, not a traceback
         print(f"genkit {args.command}: error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C outside the training loop's own handler (loading, decoding): one line, the shell's code
+        print(f"genkit {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def _train(args: argparse.Namespace) -> int:

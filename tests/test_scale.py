@@ -83,7 +83,7 @@ def test_hub_sources_are_cached_by_fingerprint(tmp_path, monkeypatch):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
     version = {"fingerprint": "v1"}
 
-    def fake_hub(source, split, data_dir=None):
+    def fake_hub(source, split, data_dir=None, revision=None, config_name=None):
         ds = datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(20)]}, features=features)
         ds._fingerprint = version["fingerprint"]
         return ds

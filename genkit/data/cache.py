@@ -1,11 +1,13 @@
 """The decode cache: each split decoded once per node into `images.npy` + `labels.npy` + `meta.json`, then memory-mapped.
 
-An entry is keyed by the source (local files by path, size and time; Hub datasets by their fingerprint) and every
-option that changes the pixels, so any process on the node, in any later run, reuses it.
+An entry is keyed by the source (local files by path, size and time; Hub datasets by their fingerprint, streamed Hub
+splits by their commit), its revision and configuration, and every option that changes the pixels, so any process on
+the node, in any later run, reuses it. An entry whose parts disagree (rows of images, labels and meta.json) is rebuilt.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -15,11 +17,13 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import psutil
 import torch
 
 from ..config import DataConfig
 from .decode import _decode_parallel, _fit_arrays
-from .sources import BUILTIN, DataSourceError, _find_idx, _read_idx, load_image_dataset, locate_idx
+from .sources import BUILTIN, DataSourceError, DecodeInterrupted, _find_idx, _read_idx, hub_source, load_image_dataset, locate_idx
+from .stream import stream_version, write_stream
 from .tensors import ImageTensors
 
 logger = logging.getLogger(__name__)
@@ -63,64 +67,121 @@ def _local_stamp(cfg: DataConfig, split: str) -> str | None:
 def load_split(cfg: DataConfig, split: str, subset: int | None = None) -> ImageTensors:
     """One split, subset and filtered as `cfg` says, decoded once into the cache, then read from it.
 
-    The cache entry is keyed by the source (local files by path, size and time; Hub datasets by their fingerprint)
-    and every option that changes the pixels, so any process on the node, in any later run, reuses it.
+    The cache entry is keyed by the source (local files by path, size and time; Hub datasets by their fingerprint,
+    streamed ones by their commit, see `stream`), its revision and configuration, and every option that changes the
+    pixels, so any process on the node, in any later run, reuses it.
     """
     stamp = _local_stamp(cfg, split)
     ds = None
-    if stamp is None:  # a Hub dataset: its fingerprint says which version the local copy is
-        ds = load_image_dataset(cfg.source, split, cfg.data_dir)
+    if stamp is None and cfg.streaming:  # no whole split to fingerprint: the commit names the version
+        hub_id = hub_source(cfg.source, split, cfg.data_dir)[0]
+        pointer = cache_dir() / "decoded" / "streams" / hashlib.sha1(json.dumps([hub_id, cfg.revision, cfg.config_name]).encode()).hexdigest()
+        stamp = f"stream:{stream_version(hub_id, cfg.revision, pointer)}"
+    elif stamp is None:  # a Hub dataset: its fingerprint says which version the local copy is
+        ds = load_image_dataset(cfg.source, split, cfg.data_dir, cfg.revision, cfg.config_name)
         stamp = ds._fingerprint
-    key = json.dumps([cfg.source, stamp, split, subset, cfg.image_size, cfg.resize, cfg.channels, sorted(cfg.exclude_labels), CACHE_VERSION])
+    key = json.dumps([cfg.source, stamp, cfg.revision, cfg.config_name, split, subset, cfg.image_size, cfg.resize, cfg.channels,
+                      sorted(cfg.exclude_labels), CACHE_VERSION])
     entry = cache_dir() / "decoded" / hashlib.sha1(key.encode()).hexdigest()
     if (entry / "meta.json").is_file():
         try:
-            return _open_entry(entry, cfg.storage)
-        except Exception:  # a damaged entry is rebuilt, never fatal
-            logger.warning("rebuilding unreadable cache entry %s", entry)
+            return _open_entry(entry, cfg.storage, (cfg.channels, cfg.image_size, cfg.image_size))
+        except DataSourceError:
+            raise
+        except Exception as err:  # a damaged entry is rebuilt, never fatal
+            logger.warning("rebuilding damaged cache entry %s (%s)", entry, err)
             shutil.rmtree(entry, ignore_errors=True)
     _write_entry(entry, cfg, split, subset, ds)
     return _open_entry(entry, cfg.storage)
 
 
 def _write_entry(entry: Path, cfg: DataConfig, split: str, subset: int | None, ds: datasets.Dataset | None) -> None:
-    """Decode the split into a temporary folder, then rename it into place (concurrent writers never clash)."""
+    """Decode the split into a temporary folder, then rename it into place (concurrent writers never clash).
+
+    Whatever stops the decode (a broken image, a full disk, Ctrl-C) removes the temporary folder: no half-written entry.
+    """
     tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    meta = {"source": cfg.source, "split": split, "subset": subset, "revision": cfg.revision, "config_name": cfg.config_name}
     try:
-        idx = None if ds is not None else _idx_arrays(cfg, split)
+        hub = None if ds is not None else hub_source(cfg.source, split, cfg.data_dir)
+        idx = None if ds is not None or hub is not None else _idx_arrays(cfg, split)
         if idx is not None:  # MNIST-format files are already pixel arrays: no image codec involved
             images, labels, names = _select(cfg, subset, *idx)
-            out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(images), cfg.channels, cfg.image_size, cfg.image_size))
+            out = _allocate(tmp / "images.npy", len(images), cfg)
             for start in range(0, len(images), 10_000):
                 out[start : start + 10_000] = _fit_arrays(images[start : start + 10_000], cfg)
             out.flush()
             del out
+        elif hub is not None and cfg.streaming:  # batch by batch from the stream; with subset, the rest is never fetched
+            if subset is not None:
+                _check_room(tmp, subset, cfg)
+            labels, names = write_stream(tmp / "images.npy", cfg, hub[0], split, subset, hub[1])
+            meta["streamed"] = True
         else:
-            ds = _filtered(ds if ds is not None else load_image_dataset(cfg.source, split, cfg.data_dir), cfg, split, subset)
+            ds = _filtered(ds if ds is not None else load_image_dataset(cfg.source, split, cfg.data_dir, cfg.revision, cfg.config_name),
+                           cfg, split, subset)
             labels, names = np.asarray(ds["label"], dtype=np.int64), list(ds.features["label"].names)
-            np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(ds), cfg.channels, cfg.image_size, cfg.image_size))
+            _allocate(tmp / "images.npy", len(ds), cfg).flush()  # the workers write into it
             _decode_parallel(ds, str(tmp / "images.npy"), cfg)
         np.save(tmp / "labels.npy", labels)
-        (tmp / "meta.json").write_text(json.dumps({"class_names": names, "source": cfg.source, "split": split, "subset": subset}))
+        (tmp / "meta.json").write_text(json.dumps({"class_names": names, "rows": len(labels), **meta}))
         try:
             tmp.rename(entry)
         except OSError:  # another process finished the same entry first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
+    except KeyboardInterrupt:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DecodeInterrupted(f"interrupted while decoding split {split!r} of {cfg.source!r}; nothing was cached, the next run decodes it again") from None
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            raise DataSourceError(f"the disk of the decode cache {tmp.parent} is full; free some space or point GENKIT_CACHE at a larger disk") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _open_entry(entry: Path, storage: str) -> ImageTensors:
-    """A cache entry as ImageTensors: read whole when small (or asked), memory-mapped otherwise."""
+def _allocate(path: Path, rows: int, cfg: DataConfig) -> np.memmap:
+    """The entry's image array, after checking the disk can hold it (a sparse file would otherwise fail mid-training)."""
+    _check_room(path.parent, rows, cfg)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, cfg.channels, cfg.image_size, cfg.image_size))
+
+
+def _check_room(folder: Path, rows: int, cfg: DataConfig) -> None:
+    need, free = rows * cfg.channels * cfg.image_size**2, shutil.disk_usage(folder).free
+    if need > free:
+        raise DataSourceError(f"decoding {rows:,} images at {cfg.image_size}x{cfg.image_size}x{cfg.channels} needs {_gib(need)} in the decode cache "
+                              f"{folder.parent}, which has {_gib(free)} free; lower data.image_size or data.subset, or point GENKIT_CACHE at a larger disk")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _open_entry(entry: Path, storage: str, shape: tuple[int, int, int] | None = None) -> ImageTensors:
+    """A cache entry as ImageTensors: read whole when small (or asked), memory-mapped otherwise.
+
+    Rows of images, labels and meta.json must agree (and the image shape with `shape`): a ValueError says the entry
+    is damaged, e.g. an images.npy cut short by a crash or a copy.
+    """
     images = np.load(entry / "images.npy", mmap_mode="c")  # copy-on-write: the tensor is writable, the file never written
-    labels = torch.from_numpy(np.load(entry / "labels.npy"))
-    names = json.loads((entry / "meta.json").read_text())["class_names"]
+    labels = np.load(entry / "labels.npy")
+    meta = json.loads((entry / "meta.json").read_text())
+    rows = {len(images), len(labels), meta.get("rows", len(labels))}
+    if images.ndim != 4 or labels.ndim != 1 or len(rows) != 1 or shape and images.shape[1:] != shape:
+        raise ValueError(f"images {images.shape}, labels {labels.shape} and meta.json ({meta.get('rows')} rows) disagree")
+    if len(labels) and not 0 <= labels.min() <= labels.max() < len(meta["class_names"]):
+        raise ValueError(f"labels outside the {len(meta['class_names'])} class names")
     if storage == "memory" or storage == "auto" and images.nbytes <= MEMORY_LIMIT_BYTES:
-        return ImageTensors(torch.from_numpy(np.array(images)), labels, names)
-    return ImageTensors(torch.from_numpy(images), labels, names, mapped=True)
+        available = psutil.virtual_memory().available
+        if images.nbytes > available:
+            raise DataSourceError(f"data.storage=memory: the split holds {_gib(images.nbytes)} of pixels, {_gib(available)} of memory is available; "
+                                  "use data.storage=mmap (or auto), or a smaller data.image_size or data.subset")
+        return ImageTensors(torch.from_numpy(np.array(images)), torch.from_numpy(labels), meta["class_names"])
+    return ImageTensors(torch.from_numpy(images), torch.from_numpy(labels), meta["class_names"], mapped=True)
 
 
 def _filtered(ds: datasets.Dataset, cfg: DataConfig, split: str, subset: int | None) -> datasets.Dataset:

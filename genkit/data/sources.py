@@ -28,21 +28,33 @@ class DataSourceError(ValueError):
     """A data source cannot be found, read or understood."""
 
 
-def load_image_dataset(source: str, split: str = "train", data_dir: str | None = None) -> datasets.Dataset:
+class DecodeInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the one-time decode: the partial cache entry is already removed."""
+
+
+def load_image_dataset(source: str, split: str = "train", data_dir: str | None = None, revision: str | None = None,
+                       config_name: str | None = None) -> datasets.Dataset:
     """Load one split of any supported source as a Dataset with columns `image` (Image) and `label` (ClassLabel)."""
+    hub = hub_source(source, split, data_dir)
+    if hub is not None:
+        return _standardize(load_hub(hub[0], split, revision, config_name), hub[1])
+    name = source.lower().replace("-", "_")
+    if name in BUILTIN:
+        return read_idx_folder(locate_idx(name, split, data_dir), split, BUILTIN[name][1])
+    return _standardize(_load_local(Path(source).expanduser(), split))
+
+
+def hub_source(source: str, split: str, data_dir: str | None) -> tuple[str, list[str] | None] | None:
+    """The Hub id a source is read from, with the class names genkit knows for it; None when it is read from local files."""
     name = source.lower().replace("-", "_")
     if name in BUILTIN:
         hub_id, names, _ = BUILTIN[name]
-        folder = locate_idx(name, split, data_dir)
-        if folder:
-            return read_idx_folder(folder, split, names)
-        return _standardize(_load_hub(hub_id, split), names)
-    path = Path(source).expanduser()
-    if path.exists():
-        return _standardize(_load_local(path, split))
+        return None if locate_idx(name, split, data_dir) else (hub_id, names)
+    if Path(source).expanduser().exists():
+        return None
     if source.startswith((".", "/", "~")) or os.sep in source and source.count("/") != 1:
         raise DataSourceError(f"data source {source!r} does not exist")
-    return _standardize(_load_hub(source, split))
+    return source, None
 
 
 def locate_idx(name: str, split: str, data_dir: str | None) -> Path | None:
@@ -105,12 +117,20 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def _load_hub(dataset_id: str, split: str) -> datasets.Dataset:
+def load_hub(dataset_id: str, split: str, revision: str | None = None, config_name: str | None = None,
+             streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+    """One split of a Hub dataset (`revision`: branch, tag or commit; `config_name`: one of its configurations), or its stream."""
     try:
-        return datasets.load_dataset(dataset_id, split=split)
+        return datasets.load_dataset(dataset_id, name=config_name, split=split, revision=revision, streaming=streaming)
     except ValueError as err:
-        if "split" in str(err).lower():
-            raise DataSourceError(f"{dataset_id} has no split {split!r}: {err}") from None
+        message = str(err)
+        if "config name is missing" in message.lower():
+            configs = message.split("available configs:")[-1].split("\n")[0].strip()
+            raise DataSourceError(f"{dataset_id} has several configurations: set data.config_name to one of {configs}") from None
+        if config_name and config_name in message and "config" in message.lower():
+            raise DataSourceError(f"{dataset_id} has no configuration {config_name!r}: {message.splitlines()[0]}") from None
+        if "split" in message.lower():
+            raise DataSourceError(f"{dataset_id} has no split {split!r}: {message.splitlines()[0]}") from None
         raise _offline_error(dataset_id, err) from None
     except Exception as err:  # connection errors come in many types, depending on the installed HTTP stack
         raise _offline_error(dataset_id, err) from None
