@@ -56,7 +56,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
     config.validate()
     config.data.resolve_paths()
-    config.mixed_precision = resolve_mixed_precision(config)  # the launcher's choice, recorded: a resume trains the same way
+    config.mixed_precision = resolve_mixed_precision(config, Path(config.output_dir) if resume else None)  # recorded: a resume trains the same way
     family_cls = get_family(config.family)
     family_cls.check_config(config)
     run_dir = Path(config.output_dir)

@@ -21,10 +21,16 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ["no", "fp16", "bf16"]
 
 
-def resolve_mixed_precision(config: TrainConfig) -> str:
-    """The config's mixed_precision, else the launcher's (`accelerate launch` / `accelerate config` set ACCELERATE_MIXED_PRECISION), else no."""
+def resolve_mixed_precision(config: TrainConfig, resumed_run: Path | None = None) -> str:
+    """The config's mixed_precision, else the resumed run's, else the launcher's (ACCELERATE_MIXED_PRECISION), else no.
+
+    `accelerate launch` passes its `--mixed_precision` (or the `accelerate config` file's) on in that variable.
+    """
     if config.mixed_precision is not None:
         return config.mixed_precision
+    saved = resumed_run / "training_config.json" if resumed_run else None
+    if saved and saved.is_file():  # a resume trains as the run did unless the config says otherwise
+        return TrainConfig.load(saved).mixed_precision or "no"
     value = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if value not in PRECISIONS:
         raise ConfigError(f"the launcher asks for mixed precision {value!r} (ACCELERATE_MIXED_PRECISION); genkit trains with {', '.join(PRECISIONS)}")

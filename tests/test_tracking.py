@@ -27,10 +27,10 @@ def test_mixed_precision_follows_the_launcher_unless_the_config_says(tiny_idx, t
     train(tiny_config(tiny_idx, tmp_path / "explicit", max_steps=2, eval_every=2, checkpoint_every=2, mixed_precision="no"))
     assert AcceleratorState().mixed_precision == "no" and saved_precision(tmp_path / "explicit") == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # a resume trains as the run did, whatever the launcher says now
-    config = TrainConfig.load(tmp_path / "launched")
-    config.max_steps = 3
-    train(config, resume="latest")
-    assert AcceleratorState().mixed_precision == "bf16" and saved_precision(tmp_path / "launched") == "bf16"
+    for config in [TrainConfig.load(tmp_path / "launched"), tiny_config(tiny_idx, tmp_path / "launched", max_steps=3, eval_every=2, checkpoint_every=2)]:
+        config.max_steps += 1  # the saved config (bf16 written out), then the original one (unset)
+        train(config, resume="latest")
+        assert AcceleratorState().mixed_precision == "bf16" and saved_precision(tmp_path / "launched") == "bf16"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
     with pytest.raises(ConfigError, match="launcher asks for mixed precision 'fp8'"):
         train(tiny_config(tiny_idx, tmp_path / "fp8", max_steps=2))
