@@ -186,8 +186,6 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if not 8 <= d.image_size <= MAX_IMAGE_SIZE:
             raise ConfigError(f"data.image_size must be in [8, {MAX_IMAGE_SIZE}], got {d.image_size}")
-        if d.streaming and d.subset is None and d.eval_split is None:
-            raise ConfigError("data.streaming with a held-out evaluation part (eval_split: null) needs data.subset: a stream has no end to hold out from")
         if d.subset is not None and d.subset < 1:
             raise ConfigError(f"data.subset must be >= 1, got {d.subset}")
         if not 0 <= d.corruption_level <= 1 and d.corruption != "gaussian":

@@ -124,7 +124,7 @@ def test_absurd_image_sizes_are_refused_before_anything_is_allocated(tiny_idx, t
         TrainConfig.from_dict({"data": {"image_size": 100000}})
     monkeypatch.setenv("GENKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10**6})())
-    with pytest.raises(DataSourceError, match=r"decoding 256 images at 64x64x3 needs 0.0 GiB .* which has 0.0 GiB free; lower data.image_size"):
+    with pytest.raises(DataSourceError, match=r"decoding 256 images at 64x64x3 needs 3.0 MiB in the decode cache .* which has 1.0 MiB free"):
         load_split(DataConfig(source="mnist", data_dir=str(tiny_idx), image_size=64, channels=3), "train")
     assert not list((tmp_path / "cache" / "decoded").iterdir())
     monkeypatch.undo()

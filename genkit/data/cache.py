@@ -158,7 +158,7 @@ def _check_room(folder: Path, rows: int, cfg: DataConfig) -> None:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _open_entry(entry: Path, storage: str, shape: tuple[int, int, int] | None = None) -> ImageTensors:
