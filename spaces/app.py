@@ -7,6 +7,8 @@ limits (see genkit.safe_load and Budget below). Locally (`genkit app RUN_DIR`, o
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import math
 import os
@@ -66,26 +68,28 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_bytes:
             return await self._refuse(scope, receive, send)
-        seen, started = 0, False
+        seen, state = 0, {"started": False, "refused": False}
 
         async def counted():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # a chunked body, which declares no length
+            if seen > self.max_bytes:  # a chunked body, which declares no length: answered here, whatever the route makes of it
+                if not state["started"]:
+                    state["refused"] = True
+                    await self._refuse(scope, receive, send)
                 raise RequestTooLarge()
             return message
 
         async def watched(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+            if not state["refused"]:
+                state["started"] = state["started"] or message["type"] == "http.response.start"
+                await send(message)
 
         try:
             await self.app(scope, counted, watched)
         except RequestTooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
+            pass
 
     async def _refuse(self, scope, receive, send):
         log.info("refused: a request body over %d bytes to %s", self.max_bytes, scope.get("path"))
@@ -419,6 +423,29 @@ def _check_pixels(image: Image.Image) -> None:
         raise refuse(f"That image is {image.width}x{image.height} pixels; at most 4096x4096 is read.")
 
 
+def header_checked(component: gr.components.Component) -> gr.components.Component:
+    """Check every image file a component receives from its header before Gradio's own preprocessing decodes anything."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        files = [payload] if hasattr(payload, "path") else [getattr(payload, "background", None), getattr(payload, "composite", None),
+                                                            *(getattr(payload, "layers", None) or [])]
+        for file in files:
+            url = getattr(file, "url", None) or ""
+            source = getattr(file, "path", None) or (io.BytesIO(base64.b64decode(url.partition(",")[2])) if url.startswith("data:") else None)
+            if source is None:
+                continue
+            try:
+                with Image.open(source) as opened:  # the header only
+                    _check_pixels(opened)
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+                raise refuse(f"Could not read that file as an image of at most 4096x4096 pixels ({type(err).__name__}).") from None
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
 def denoise(source: str, upload, sketch, invert: str, noise_type: str, noise_level: float, strength: float, steps: float,
             seed: float) -> tuple[Image.Image, Image.Image]:
     """Corrupt the image, then restore it: diffusion (noise to a level, reverse) or an autoencoder (one pass)."""
@@ -552,9 +579,10 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
                     samples = gr.Image(label="Samples", type="pil", elem_id="sample-output")
             with gr.Tab("Denoise", id="denoise") as denoise_tab:
                 with gr.Row():
-                    # filepath: Gradio hands over the file unread, so its pixel count is checked from the header before decoding
-                    upload = gr.Image(label="Upload", type="filepath", sources=["upload", "clipboard"], elem_id="denoise-upload")
-                    sketch = gr.Sketchpad(label="…or draw", type="pil", image_mode="RGBA")
+                    # filepath: Gradio hands over the file undecoded; header_checked reads its size first
+                    upload = header_checked(gr.Image(label="Upload", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                                     elem_id="denoise-upload"))
+                    sketch = header_checked(gr.Sketchpad(label="…or draw", type="pil", image_mode="RGBA"))
                 with gr.Row():
                     invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert (MNIST is light on dark)")
                     noise_type = gr.Dropdown(list(CORRUPTIONS), value="gaussian", label="Noise")
@@ -568,8 +596,8 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
                     restored = gr.Image(label="Denoised", type="pil", elem_id="denoised-output")
             with gr.Tab("Latent", id="latent") as latent_tab:
                 with gr.Row():
-                    first = gr.Image(label="First", type="filepath")
-                    second = gr.Image(label="Second", type="filepath")
+                    first = header_checked(gr.Image(label="First", type="filepath", image_mode=None))
+                    second = header_checked(gr.Image(label="Second", type="filepath", image_mode=None))
                     latent_invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert")
                 interp_steps = gr.Slider(3, 16, value=8, step=1, label="Interpolation steps")
                 run_interp = gr.Button("Interpolate")

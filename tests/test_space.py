@@ -275,3 +275,116 @@ def test_slow_models_and_requests_are_refused_before_running_and_stopped_at_the_
     quick = time.monotonic() - started
     assert quick < 3 and not slow_job.done(), quick
     slow_job.result(timeout=60)
+
+
+def test_downloads_never_hold_a_sampling_worker_and_listed_models_stay_loaded(space, runs, monkeypatch, tmp_path):
+    """M1: a fresh Hub id is loaded only by /load, in its own queue; listed models are never evicted by Hub ids."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    hub = FakeHub(monkeypatch, {f"someone/ae{i}": runs / "dae" for i in range(6)})
+    release, snapshot = threading.Event(), hub.snapshot_download
+
+    def slow_snapshot(repo_id, *args, **kwargs):
+        if repo_id == "someone/ae0":
+            release.wait(60)  # a download that takes as long as the test wants
+        return snapshot(repo_id, *args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", slow_snapshot)
+    module, url = space(GENKIT_ALLOW_HUB="1")
+    client = Client(url, verbose=False)
+    client.predict("ddpm", api_name="/load")
+    Image.new("L", (28, 28), 0).save(tmp_path / "black.png")
+    black = handle_file(str(tmp_path / "black.png"))
+    for api, args in [("/sample", ("someone/ae1", "ddim", 2, "(none)", 1.0, 0, 1)), ("/reconstruct", ("someone/ae1", black, "auto"))]:
+        with pytest.raises(AppError, match="is not loaded: press Load"):
+            client.predict(*args, api_name=api)
+    assert hub.fetched == []  # nothing was downloaded by a sampling or latent request
+    loading = Client(url, verbose=False).submit("someone/ae0", api_name="/load")
+    deadline = time.monotonic() + 30
+    while "training_config.json" not in hub.fetched and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(AppError, match="is still loading"):
+        client.predict("someone/ae0", black, "auto", api_name="/reconstruct")
+    started = time.monotonic()
+    client.predict("ddpm", "ddim", 2, "(none)", 1.0, 0, 1, api_name="/sample")  # not behind the download
+    client.predict("dae", black, "auto", api_name="/reconstruct")
+    assert time.monotonic() - started < 5 and not loading.done()
+    release.set()
+    assert "autoencoder" in loading.result(timeout=60)[0]
+    for i in range(1, 6):  # five more Hub ids through a cache that keeps four of them
+        client.predict(f"someone/ae{i}", api_name="/load")
+    client.predict("dae", black, "auto", api_name="/reconstruct")  # listed: still loaded
+    client.predict("ddpm", "ddim", 2, "(none)", 1.0, 0, 1, api_name="/sample")
+    with pytest.raises(AppError, match="is not loaded"):
+        client.predict("someone/ae0", black, "auto", api_name="/reconstruct")  # the oldest Hub id was dropped
+
+
+def test_huge_images_are_refused_from_their_header_by_every_route(space, tmp_path):
+    """M2: a few KB claiming 12000x12000 pixels is refused before anything decodes it (the process's peak memory stays put)."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    bomb = bomb_png(tmp_path / "bomb.png", 12000)
+    assert bomb.stat().st_size < 100_000
+    module, url = space()
+    client = Client(url, verbose=False)
+    client.predict("dae", api_name="/load")
+    rss_peak_reset()
+    before = rss_peak_mb()
+    editor = {"background": handle_file(str(bomb)), "layers": [], "composite": handle_file(str(bomb))}
+    for api, args in [("/denoise", ("dae", handle_file(str(bomb)), None, "auto", "gaussian", 0.2, 0.5, 4, 0)),
+                      ("/denoise", ("dae", None, editor, "auto", "gaussian", 0.2, 0.5, 4, 0)),
+                      ("/reconstruct", ("dae", handle_file(str(bomb)), "auto")),
+                      ("/interpolate", ("dae", handle_file(str(bomb)), handle_file(str(bomb)), "auto", 4))]:
+        with pytest.raises(AppError, match="at most 4096x4096 pixels"):
+            client.predict(*args, api_name=api)
+    assert rss_peak_mb() - before < 100  # decoding would take 144 MB (palette) to 576 MB (RGBA)
+
+
+def test_request_bodies_are_capped_data_urls_included(space, tmp_path):
+    """M3: an image sent inline as a data: URL, or any body over 11 MB, is refused with 413 before it is parsed."""
+    import base64
+    import io
+
+    import httpx
+    import numpy as np
+    from gradio_client import Client
+    from PIL import Image
+
+    module, url = space()
+    noise = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)  # incompressible: a 12 MB PNG
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG", compress_level=0)
+    assert buffer.tell() > 11 * 2**20
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    payload = {"data": ["dae", {"url": data_url, "meta": {"_type": "gradio.FileData"}}, None, "auto", "gaussian", 0.2, 0.5, 4, 0]}
+    response = httpx.post(f"{url}gradio_api/call/denoise", json=payload, timeout=60)
+    assert response.status_code == 413
+    chunks = (b"x" * 2**20 for _ in range(13))  # no Content-Length: counted as it streams
+    assert httpx.post(f"{url}gradio_api/call/denoise", content=chunks, headers={"content-type": "application/json"}, timeout=60).status_code == 413
+    # a small inline image still works
+    small = io.BytesIO()
+    Image.new("L", (28, 28), 0).save(small, format="PNG")
+    client = Client(url, verbose=False)
+    client.predict("dae", api_name="/load")
+    inline = {"url": "data:image/png;base64," + base64.b64encode(small.getvalue()).decode(), "meta": {"_type": "gradio.FileData"}}
+    noisy, restored = client.predict("dae", inline, None, "auto", "gaussian", 0.2, 0.5, 4, 0, api_name="/denoise")
+    assert Path(restored).is_file()
+
+
+def test_incomplete_weights_are_refused(runs, tmp_path, caplog):
+    """L1: a safetensors file with no tensors, or half of them, is refused (the log names the file), never served half-random."""
+    from safetensors.torch import load_file, save_file
+
+    for name, keep in [("empty", 0), ("half", 0.5)]:
+        folder = tmp_path / name
+        shutil.copytree(runs / "dae", folder, ignore=shutil.ignore_patterns("checkpoints"))
+        weights = load_file(folder / "model.safetensors")
+        kept = dict(list(weights.items())[: int(len(weights) * keep)])
+        save_file(kept, folder / "model.safetensors")
+        with pytest.raises(ModelRejected):
+            SourcePolicy({name: str(folder)}, allow_hub=False).load(name)
+        assert "model.safetensors is incomplete" in caplog.text
+        caplog.clear()
