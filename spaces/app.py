@@ -423,11 +423,12 @@ def _check_pixels(image: Image.Image) -> None:
         raise refuse(f"That image is {image.width}x{image.height} pixels; at most 4096x4096 is read.")
 
 
-def header_checked(component: gr.components.Component) -> gr.components.Component:
-    """Check every image file a component receives from its header before Gradio's own preprocessing decodes anything."""
+def guard_input(component: gr.components.Component) -> None:
+    """An input whose image files are checked from their header before Gradio's preprocessing decodes anything, and whose
+    Gradio-side refusals (a value outside a slider's range) log one line, not a traceback."""
     preprocess = component.preprocess
 
-    def checked(payload):
+    def checked_preprocess(payload):
         files = [payload] if hasattr(payload, "path") else [getattr(payload, "background", None), getattr(payload, "composite", None),
                                                             *(getattr(payload, "layers", None) or [])]
         for file in files:
@@ -440,10 +441,14 @@ def header_checked(component: gr.components.Component) -> gr.components.Componen
                     _check_pixels(opened)
             except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
                 raise refuse(f"Could not read that file as an image of at most 4096x4096 pixels ({type(err).__name__}).") from None
-        return preprocess(payload)
+        try:
+            return preprocess(payload)
+        except gr.Error as err:
+            raise refuse(str(err.message)) from None
+        except (ValueError, TypeError, OverflowError) as err:  # e.g. NaN into a whole-number field
+            raise refuse(f"{component.label}: not a valid value ({err}).") from None
 
-    component.preprocess = checked
-    return component
+    component.preprocess = checked_preprocess
 
 
 def denoise(source: str, upload, sketch, invert: str, noise_type: str, noise_level: float, strength: float, steps: float,
@@ -579,10 +584,9 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
                     samples = gr.Image(label="Samples", type="pil", elem_id="sample-output")
             with gr.Tab("Denoise", id="denoise") as denoise_tab:
                 with gr.Row():
-                    # filepath: Gradio hands over the file undecoded; header_checked reads its size first
-                    upload = header_checked(gr.Image(label="Upload", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                                     elem_id="denoise-upload"))
-                    sketch = header_checked(gr.Sketchpad(label="…or draw", type="pil", image_mode="RGBA"))
+                    # filepath: Gradio hands over the file undecoded; guard_input reads its size from the header first
+                    upload = gr.Image(label="Upload", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="denoise-upload")
+                    sketch = gr.Sketchpad(label="…or draw", type="pil", image_mode="RGBA")
                 with gr.Row():
                     invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert (MNIST is light on dark)")
                     noise_type = gr.Dropdown(list(CORRUPTIONS), value="gaussian", label="Noise")
@@ -596,8 +600,8 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
                     restored = gr.Image(label="Denoised", type="pil", elem_id="denoised-output")
             with gr.Tab("Latent", id="latent") as latent_tab:
                 with gr.Row():
-                    first = header_checked(gr.Image(label="First", type="filepath", image_mode=None))
-                    second = header_checked(gr.Image(label="Second", type="filepath", image_mode=None))
+                    first = gr.Image(label="First", type="filepath", image_mode=None)
+                    second = gr.Image(label="Second", type="filepath", image_mode=None)
                     latent_invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert")
                 interp_steps = gr.Slider(3, 16, value=8, step=1, label="Interpolation steps")
                 run_interp = gr.Button("Interpolate")
@@ -611,6 +615,9 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
                 recon_out = gr.Image(label="Input and reconstruction", type="pil")
                 anomaly = gr.Number(label="Anomaly score (reconstruction MSE)")
 
+        for component in [source, scheduler, steps, class_label, guidance, seed, num_images, upload, sketch, invert, noise_type, noise_level,
+                          strength, denoise_steps, denoise_seed, first, second, latent_invert, interp_steps, grid_n, grid_span]:
+            guard_input(component)
         # three queues, so quick requests never wait behind slow ones: loading (downloads, timing a model), generating
         # (diffusion sampling and denoising, where Budget's quick and slow lanes decide what runs) and the latent tools
         lanes = 2 + 6 + 1 + 2  # Budget's lanes: running and waiting requests; more are refused before they take a worker
@@ -650,4 +657,5 @@ def space_policy() -> SourcePolicy | None:
 demo = build_demo(os.environ.get("GENKIT_RUN"), space_policy())
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")  # refusals: one line each
     demo.launch()

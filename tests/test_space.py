@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import shutil
 import threading
 import time
@@ -25,6 +26,7 @@ def runs(tiny_idx, tmp_path_factory):
     train(tiny_config(tiny_idx, root / "diffusion", family="diffusion", model={"preset": "tiny", "sample_steps": 2},
                       data={"value_range": "-1,1"}, max_steps=2, num_samples=4))
     train(tiny_config(tiny_idx, root / "dae", data={"corruption": "gaussian"}, max_steps=4))
+    train(tiny_config(tiny_idx, root / "vae2d", family="vae", model={"latent_dim": 2, "hidden_dims": [32]}, max_steps=4))
     return root
 
 
@@ -388,3 +390,47 @@ def test_incomplete_weights_are_refused(runs, tmp_path, caplog):
             SourcePolicy({name: str(folder)}, allow_hub=False).load(name)
         assert "model.safetensors is incomplete" in caplog.text
         caplog.clear()
+
+
+def test_numeric_inputs_are_checked_server_side_and_refusals_log_one_line(space, runs, tmp_path, capfd, caplog):
+    """L2: NaN, infinity or out-of-range numbers sent as raw JSON are refused with a message; an expected refusal logs one
+    line, never a traceback."""
+    import base64
+    import io
+    import re
+
+    import httpx
+    from gradio_client import Client
+    from PIL import Image
+
+    module, url = space(GENKIT_MODELS=f"ddpm={runs / 'diffusion'},dae={runs / 'dae'},vae2d={runs / 'vae2d'}")
+    client = Client(url, verbose=False)
+    for name in ["ddpm", "dae", "vae2d"]:
+        client.predict(name, api_name="/load")
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), 0).save(buffer, format="PNG")
+    black = {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), "meta": {"_type": "gradio.FileData"}}
+    nan, inf = float("nan"), float("inf")
+    cases = [("/sample", ("ddpm", "ddim", 2, "(none)", nan, 0, 1), "Guidance scale"),
+             ("/sample", ("ddpm", "ddim", 2, "(none)", inf, 0, 1), "Guidance scale"),
+             ("/sample", ("ddpm", "ddim", nan, "(none)", 1.0, 0, 1), "Steps"),
+             ("/sample", ("ddpm", "ddim", 2, "(none)", 1.0, nan, 1), "Seed"),
+             ("/sample", ("ddpm", "ddim", 2, "(none)", 1.0, -1, 1), "Seed"),
+             ("/sample", ("ddpm", "ddim", 2, "(none)", 1.0, 0, nan), "Number of images"),
+             ("/denoise", ("ddpm", black, None, "auto", "gaussian", nan, 0.5, 4, 0), "Noise level"),
+             ("/denoise", ("ddpm", black, None, "auto", "gaussian", 0.2, nan, 4, 0), "Strength"),
+             ("/denoise", ("ddpm", black, None, "auto", "gaussian", 0.2, 0.5, inf, 0), "Steps"),
+             ("/interpolate", ("dae", black, black, "auto", nan), "Interpolation steps"),
+             ("/latent_grid", ("vae2d", 5, nan), "Span"),
+             ("/latent_grid", ("vae2d", 5, -inf), "Span"),
+             ("/latent_grid", ("vae2d", nan, 2.0), "Grid size")]
+    capfd.readouterr()
+    caplog.set_level(logging.INFO, logger="genkit.space")
+    for api, args, name in cases:  # raw JSON: gradio_client refuses to send NaN, a visitor's own script does not
+        event = httpx.post(f"{url}gradio_api/call{api}", content=json.dumps({"data": args}), headers={"content-type": "application/json"}).json()
+        answer = httpx.get(f"{url}gradio_api/call{api}/{event['event_id']}", timeout=60).text
+        expected = f"{name}( must be between|: not a valid value)|Value .* is (greater|less) than"
+        assert "event: error" in answer and re.search(expected, answer), (api, args, answer)
+    assert "Traceback" not in capfd.readouterr().err
+    refusals = [r for r in caplog.records if r.name == "genkit.space" and r.getMessage().startswith("refused:")]
+    assert len(refusals) == len(cases)
