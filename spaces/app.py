@@ -275,13 +275,13 @@ def layout(source: str) -> list:
     try:
         family = served(source).family
     except gr.Error:
-        return [gr.update()] * 10
+        return [gr.update()] * 13
     diffusion, model = family.name == "diffusion", family.models.get("model")
     sample, latent = can_generate(family), hasattr(model, "encode")
     restore = diffusion or hasattr(model, "reconstruct")
     selected = "sample" if sample else "denoise" if restore and family.config.data.corruption else "latent" if latent else "denoise"
     shown = [diffusion, diffusion, family.conditional, diffusion and family.conditional, diffusion, diffusion]
-    return [gr.Tabs(selected=selected), gr.Tab(visible=sample), gr.Tab(visible=restore), gr.Tab(visible=latent), *[gr.update(visible=v) for v in shown]]
+    return [gr.Tabs(selected=selected), *[gr.update(visible=v) for v in [sample, restore, latent, not sample, not restore, not latent, *shown]]]
 
 
 def to_pil_grid(images: torch.Tensor, nrow: int = 8, scale: int = 4) -> Image.Image:
@@ -568,52 +568,58 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
             load_button = gr.Button("Load", scale=1)
         summary = gr.Markdown()
         with gr.Tabs() as tabs:
-            with gr.Tab("Sample", id="sample") as sample_tab:
-                with gr.Row():
-                    with gr.Column():
-                        scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++_sde", label="Scheduler (diffusion)")
-                        steps = gr.Slider(1, _budget.steps, value=20, step=1, label="Steps (diffusion)")
-                        # custom values: the choices follow the loaded model, and API callers may name any class or index
-                        class_label = gr.Dropdown(["(none)", "(one of each)"], value="(none)", label="Class label (conditional models)",
-                                                  allow_custom_value=True)
-                        class_label.api_info = lambda: {"type": "string", "description": "(none), (one of each), or a class name or index of the model"}
-                        guidance = gr.Slider(0, 10, value=2.0, step=0.5, label="Guidance scale")
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                        num_images = gr.Slider(1, 64, value=16, step=1, label="Number of images")
-                        run_sample = gr.Button("Sample", variant="primary", elem_id="sample-button")
-                    samples = gr.Image(label="Samples", type="pil", elem_id="sample-output")
-            with gr.Tab("Denoise", id="denoise") as denoise_tab:
-                with gr.Row():
-                    # filepath: Gradio hands over the file undecoded; guard_input reads its size from the header first
-                    upload = gr.Image(label="Upload", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="denoise-upload")
-                    sketch = gr.Sketchpad(label="…or draw", type="pil", image_mode="RGBA")
-                with gr.Row():
-                    invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert (MNIST is light on dark)")
-                    noise_type = gr.Dropdown(list(CORRUPTIONS), value="gaussian", label="Noise")
-                    noise_level = gr.Slider(0, 1, value=0.4, step=0.05, label="Noise level")
-                    strength = gr.Slider(0.05, 1, value=0.5, step=0.05, label="Diffusion strength (how far to noise before reversing)")
-                    denoise_steps = gr.Slider(2, _budget.steps, value=50, step=1, label="Diffusion steps")
-                    denoise_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                run_denoise = gr.Button("Denoise", variant="primary", elem_id="denoise-button")
-                with gr.Row():
-                    noisy = gr.Image(label="Noisy", type="pil", elem_id="noisy-output")
-                    restored = gr.Image(label="Denoised", type="pil", elem_id="denoised-output")
-            with gr.Tab("Latent", id="latent") as latent_tab:
-                with gr.Row():
-                    first = gr.Image(label="First", type="filepath", image_mode=None)
-                    second = gr.Image(label="Second", type="filepath", image_mode=None)
-                    latent_invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert")
-                interp_steps = gr.Slider(3, 16, value=8, step=1, label="Interpolation steps")
-                run_interp = gr.Button("Interpolate")
-                interp_out = gr.Image(label="Interpolation", type="pil")
-                with gr.Row():
-                    grid_n = gr.Slider(3, 25, value=15, step=1, label="Grid size")
-                    grid_span = gr.Slider(0.5, 4, value=2.5, step=0.5, label="Span (standard deviations)")
-                run_grid = gr.Button("2-D latent grid")
-                grid_out = gr.Image(label="Latent grid", type="pil")
-                run_recon = gr.Button("Reconstruct first image + anomaly score")
-                recon_out = gr.Image(label="Input and reconstruction", type="pil")
-                anomaly = gr.Number(label="Anomaly score (reconstruction MSE)")
+            with gr.Tab("Sample", id="sample"):
+                sample_note = gr.Markdown("This model does not generate new images: use the Denoise or Latent tab.", visible=False)
+                with gr.Column() as sample_box:
+                    with gr.Row():
+                        with gr.Column():
+                            scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++_sde", label="Scheduler (diffusion)")
+                            steps = gr.Slider(1, _budget.steps, value=20, step=1, label="Steps (diffusion)")
+                            # custom values: the choices follow the loaded model, and API callers may name any class or index
+                            class_label = gr.Dropdown(["(none)", "(one of each)"], value="(none)", label="Class label (conditional models)",
+                                                      allow_custom_value=True)
+                            class_label.api_info = lambda: {"type": "string", "description": "(none), (one of each), or a class name or index of the model"}
+                            guidance = gr.Slider(0, 10, value=2.0, step=0.5, label="Guidance scale")
+                            seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                            num_images = gr.Slider(1, 64, value=16, step=1, label="Number of images")
+                            run_sample = gr.Button("Sample", variant="primary", elem_id="sample-button")
+                        samples = gr.Image(label="Samples", type="pil", elem_id="sample-output")
+            with gr.Tab("Denoise", id="denoise"):
+                denoise_note = gr.Markdown("This model cannot denoise: load a diffusion or (denoising) autoencoder run.", visible=False)
+                with gr.Column() as denoise_box:
+                    with gr.Row():
+                        # filepath: Gradio hands over the file undecoded; guard_input reads its size from the header first
+                        upload = gr.Image(label="Upload", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="denoise-upload")
+                        sketch = gr.Sketchpad(label="…or draw", type="pil", image_mode="RGBA")
+                    with gr.Row():
+                        invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert (MNIST is light on dark)")
+                        noise_type = gr.Dropdown(list(CORRUPTIONS), value="gaussian", label="Noise")
+                        noise_level = gr.Slider(0, 1, value=0.4, step=0.05, label="Noise level")
+                        strength = gr.Slider(0.05, 1, value=0.5, step=0.05, label="Diffusion strength (how far to noise before reversing)")
+                        denoise_steps = gr.Slider(2, _budget.steps, value=50, step=1, label="Diffusion steps")
+                        denoise_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    run_denoise = gr.Button("Denoise", variant="primary", elem_id="denoise-button")
+                    with gr.Row():
+                        noisy = gr.Image(label="Noisy", type="pil", elem_id="noisy-output")
+                        restored = gr.Image(label="Denoised", type="pil", elem_id="denoised-output")
+            with gr.Tab("Latent", id="latent"):
+                latent_note = gr.Markdown("The Latent tab needs an autoencoder or VAE run.", visible=False)
+                with gr.Column() as latent_box:
+                    with gr.Row():
+                        first = gr.Image(label="First", type="filepath", image_mode=None)
+                        second = gr.Image(label="Second", type="filepath", image_mode=None)
+                        latent_invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert")
+                    interp_steps = gr.Slider(3, 16, value=8, step=1, label="Interpolation steps")
+                    run_interp = gr.Button("Interpolate")
+                    interp_out = gr.Image(label="Interpolation", type="pil")
+                    with gr.Row():
+                        grid_n = gr.Slider(3, 25, value=15, step=1, label="Grid size")
+                        grid_span = gr.Slider(0.5, 4, value=2.5, step=0.5, label="Span (standard deviations)")
+                    run_grid = gr.Button("2-D latent grid")
+                    grid_out = gr.Image(label="Latent grid", type="pil")
+                    run_recon = gr.Button("Reconstruct first image + anomaly score")
+                    recon_out = gr.Image(label="Input and reconstruction", type="pil")
+                    anomaly = gr.Number(label="Anomaly score (reconstruction MSE)")
 
         for component in [source, scheduler, steps, class_label, guidance, seed, num_images, upload, sketch, invert, noise_type, noise_level,
                           strength, denoise_steps, denoise_seed, first, second, latent_invert, interp_steps, grid_n, grid_span]:
@@ -624,7 +630,8 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
         heavy = {"concurrency_id": "generate", "concurrency_limit": lanes if _space else 2}
         loads = {"concurrency_id": "load", "concurrency_limit": 2}
         light = {"concurrency_id": "latent", "concurrency_limit": 2}
-        arrange = ([source], [tabs, sample_tab, denoise_tab, latent_tab, scheduler, steps, class_label, guidance, strength, denoise_steps])
+        arrange = ([source], [tabs, sample_box, denoise_box, latent_box, sample_note, denoise_note, latent_note, scheduler, steps, class_label, guidance,
+                            strength, denoise_steps])
         load_button.click(describe, source, [summary, class_label], api_name="load", **loads).then(layout, *arrange, api_visibility="private")
         run_sample.click(sample, [source, scheduler, steps, class_label, guidance, seed, num_images], samples, api_name="sample", **heavy)
         run_denoise.click(denoise, [source, upload, sketch, invert, noise_type, noise_level, strength, denoise_steps, denoise_seed],
