@@ -129,13 +129,13 @@ class SourcePolicy:
             parameters = sum(p.numel() for model in models.values() for p in [*model.parameters(), *model.buffers()])
             if parameters > limits.max_parameters:
                 raise ValueError(f"{parameters:,} parameters, above the limit of {limits.max_parameters:,}")
-            gflops = denoiser_gflops(models, info)
+            gflops = denoiser_gflops(models)
         if gflops > limits.max_gflops:
             raise ValueError(f"one denoising step of one image costs {gflops:.0f} GFLOP, above the limit of {limits.max_gflops:.0f}")
         return load_run(path, device)
 
 
-def denoiser_gflops(models: dict[str, torch.nn.Module], info: DataInfo) -> float:
+def denoiser_gflops(models: dict[str, torch.nn.Module]) -> float:
     """GFLOP of one forward of a diffusion UNet on one image (0 for other families), on the meta device: nothing is computed."""
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -434,3 +434,16 @@ def test_numeric_inputs_are_checked_server_side_and_refusals_log_one_line(space,
     assert "Traceback" not in capfd.readouterr().err
     refusals = [r for r in caplog.records if r.name == "genkit.space" and r.getMessage().startswith("refused:")]
     assert len(refusals) == len(cases)
+
+
+def test_denoisers_too_costly_per_step_are_refused_before_they_run(runs, caplog):
+    """H1: one UNet forward is counted on the meta device at load; above GENKIT_MAX_GFLOPS the model is refused, never timed."""
+    from genkit.safe_load import denoiser_gflops
+
+    policy = SourcePolicy({"ddpm": str(runs / "diffusion")}, allow_hub=False)
+    assert policy.load("ddpm").name == "diffusion"
+    gflops = denoiser_gflops(policy.load("ddpm").models)
+    assert 0 < gflops < Limits().max_gflops
+    with pytest.raises(ModelRejected):
+        SourcePolicy(policy.models, allow_hub=False, limits=Limits(max_gflops=gflops / 2)).load("ddpm")
+    assert "GFLOP, above the limit" in caplog.text
