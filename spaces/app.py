@@ -537,10 +537,10 @@ def reconstruct(source: str, upload, invert: str) -> tuple[Image.Image, float]:
     return to_pil_grid(torch.cat([x, recon]), 2, 6), score
 
 
-def _preload(names: list[str]) -> None:
+def _preload(cache: ModelCache, names: list[str]) -> None:
     for name in names:
         try:
-            _models.get(name)
+            cache.get(name)
         except Exception as err:  # logged; a visitor pressing Load sees the message
             log.warning("listed model %r did not load: %s", name, err)
 
@@ -553,7 +553,7 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
     listed = list(policy.models) if _space else []
     if _space:  # listed models are pinned: Hub ids that visitors cycle through never evict them
         _models = ModelCache(lambda source: measure(policy.load(source, DEVICE)), pinned=listed)
-        threading.Thread(target=_preload, args=(listed,), daemon=True).start()
+        threading.Thread(target=_preload, args=(_models, listed), daemon=True).start()
     else:  # a local user may fix a run and load it again at once
         _models = ModelCache(lambda source: Served(load_family(source, DEVICE)), forget_failures_after=0)
     initial = initial or (listed[0] if listed else None)
