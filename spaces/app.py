@@ -198,6 +198,11 @@ def _timed(fn: Callable[[], object]) -> float:
     return min(times)
 
 
+def can_generate(family: Family) -> bool:
+    """Whether the family makes new images."""
+    return type(family).generate is not Family.generate
+
+
 def measure(family: Family) -> Served:
     """Time one unit of each kind of work this model does; the diffusion UNet's GFLOP were already capped by the policy."""
     served = Served(family)
@@ -208,7 +213,7 @@ def measure(family: Family) -> Served:
         x = torch.randn(k, config.in_channels, config.sample_size, config.sample_size, device=DEVICE)
         labels = torch.zeros(k, dtype=torch.long, device=DEVICE) if family.conditional else None
         served.step_seconds = _timed(lambda: unet(x, torch.full((k,), 10, device=DEVICE), class_labels=labels))
-    elif type(family).generate is not Family.generate:
+    elif can_generate(family):
         served.image_seconds = _timed(lambda: family.generate(1, torch.Generator().manual_seed(0)))
     model = family.models.get("model")
     if hasattr(model, "reconstruct"):
@@ -252,11 +257,6 @@ def served(source: str) -> Served:
         raise refuse(f"{source[:100]!r} is still loading: try again in a moment." if _models.is_loading(source)
                      else f"{source[:100]!r} is not loaded: press Load (API: /load) first.")
     return found
-
-
-def can_generate(family: Family) -> bool:
-    """Whether the family makes new images."""
-    return type(family).generate is not Family.generate
 
 
 def describe(source: str) -> tuple[str, gr.Dropdown]:
