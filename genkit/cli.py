@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="launch the Gradio app (sample, denoise, latents) on a run")
     p.add_argument("run", nargs="?", default=None, help="run directory or Hub repo id to load at start")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true")
+    p.add_argument("--share", action="store_true", help="a public gradio.live link; applies the Space's policy (the run, Hub ids of genkit models, budget)")
+    p.add_argument("--share-local-policy", action="store_true", help="with --share: keep local mode (any path or Hub id, no budget) on the public link")
     return parser
 
 
@@ -326,7 +327,20 @@ def _app(args: argparse.Namespace) -> int:
     spec = importlib.util.spec_from_file_location("genkit_space_app", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    demo = module.build_demo(args.run)
+    policy, initial = None, args.run
+    if args.share and not args.share_local_policy:  # a public link gets what a public Space gets
+        from .safe_load import SourcePolicy
+
+        policy = SourcePolicy.from_env()  # GENKIT_MODELS and GENKIT_ALLOW_HUB apply too
+        if args.run:  # listed under its folder name, so the page does not show the local path
+            initial = Path(args.run).name if Path(args.run).is_dir() else args.run
+            policy.models[initial] = args.run
+        print("genkit app: --share makes the app public, so it runs as a Space does: the run given, Hub ids of genkit models, and the "
+              "GENKIT_MAX_* budget (--share-local-policy keeps local mode)", file=sys.stderr)
+    elif args.share:
+        print("genkit app: WARNING: --share-local-policy: anyone with the link can load any path or Hub id on this machine, with no budget",
+              file=sys.stderr)
+    demo = module.build_demo(initial, policy)
     demo.launch(server_port=args.port, share=args.share)
     return 0
 

@@ -115,9 +115,26 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
     check_finished(path, config)
     cls = get_family(config.family)
     models = cls.load_models(path)
+    check_weights(path, models)
     for model in models.values():
         model.to(device).eval()
     return cls(config, DataInfo.load(path), models)
+
+
+def check_weights(path: Path, models: dict[str, torch.nn.Module]) -> None:
+    """Refuse a run whose safetensors files lack a parameter or buffer of its modules (non-strict loading would keep random ones)."""
+    from safetensors import safe_open
+
+    for part, model in models.items():
+        names = [f"{part}/diffusion_pytorch_model.safetensors", f"{part}/model.safetensors", "model.safetensors"]
+        file = next((path / name for name in names if (path / name).is_file()), None)
+        if file is None:
+            raise ConfigError(f"{path}: no weights file for {part!r}")
+        with safe_open(str(file), "pt") as stored:
+            shapes = {key: tuple(stored.get_slice(key).get_shape()) for key in stored.keys()}
+        wrong = [key for key, value in model.state_dict().items() if shapes.get(key) != tuple(value.shape)]
+        if wrong:
+            raise ConfigError(f"{file.relative_to(path)} is incomplete: {len(wrong)} weights missing or misshapen ({wrong[0]}, ...)")
 
 
 def load_family(source: str, device: str | torch.device = "cpu") -> Family:

@@ -17,7 +17,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -47,6 +47,7 @@ class Limits:
     max_image_size: int = 128  # GENKIT_MAX_IMAGE_SIZE: pixels per side of the model's images
     max_classes: int = 1000  # GENKIT_MAX_CLASSES
     max_json_kb: float = 256.0  # GENKIT_MAX_JSON_KB: each config file
+    max_gflops: float = 50.0  # GENKIT_MAX_GFLOPS: one denoiser forward on one image, counted on the meta device before it runs
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -124,10 +125,29 @@ class SourcePolicy:
             raise ValueError("latent diffusion without its autoencoder folder would load one from elsewhere")
         with torch.device("meta"), warnings.catch_warnings():  # builds each module from its config, checks the weights' shapes, allocates nothing
             warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": the point here
-            parameters = sum(p.numel() for model in family.load_models(path).values() for p in [*model.parameters(), *model.buffers()])
-        if parameters > limits.max_parameters:
-            raise ValueError(f"{parameters:,} parameters, above the limit of {limits.max_parameters:,}")
+            models = family.load_models(path)
+            parameters = sum(p.numel() for model in models.values() for p in [*model.parameters(), *model.buffers()])
+            if parameters > limits.max_parameters:
+                raise ValueError(f"{parameters:,} parameters, above the limit of {limits.max_parameters:,}")
+            gflops = denoiser_gflops(models)
+        if gflops > limits.max_gflops:
+            raise ValueError(f"one denoising step of one image costs {gflops:.0f} GFLOP, above the limit of {limits.max_gflops:.0f}")
         return load_run(path, device)
+
+
+def denoiser_gflops(models: dict[str, torch.nn.Module]) -> float:
+    """GFLOP of one forward of a diffusion UNet on one image (0 for other families), on the meta device: nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if "unet" not in models:
+        return 0.0
+    config = models["unet"].config
+    labels = torch.zeros(1, dtype=torch.long) if getattr(config, "num_class_embeds", None) else None
+    counter = FlopCounterMode(display=False)
+    with torch.device("meta"), counter, torch.no_grad():  # a fresh copy: from_pretrained may have put the weights on the CPU
+        x = torch.zeros(1, config.in_channels, config.sample_size, config.sample_size)
+        type(models["unet"]).from_config(config)(x, torch.ones(1, dtype=torch.long), class_labels=labels)
+    return counter.get_total_flops() / 1e9
 
 
 def _entry(text: str) -> tuple[str, str]:
@@ -136,10 +156,10 @@ def _entry(text: str) -> tuple[str, str]:
 
 
 class ModelCache:
-    """Loaded models by source, least recently used dropped first; loading one source never blocks requests for another."""
+    """Loaded models by source, least recently used dropped first (never a pinned one); loading one source never blocks others."""
 
-    def __init__(self, load: Callable[[str], Family], capacity: int = 4, forget_failures_after: float = 300.0):
-        self._load, self.capacity, self.retry_after = load, capacity, forget_failures_after
+    def __init__(self, load: Callable[[str], Family], capacity: int = 4, forget_failures_after: float = 300.0, pinned: Iterable[str] = ()):
+        self._load, self.capacity, self.retry_after, self.pinned = load, capacity, forget_failures_after, set(pinned)
         self._guard = threading.Lock()  # held only to read or change the dictionaries below, never during a load
         self._loaded: OrderedDict[str, Family] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
@@ -169,10 +189,25 @@ class ModelCache:
                 raise
             with self._guard:
                 self._loaded[source] = family
-                while len(self._loaded) > self.capacity:
-                    self._loaded.popitem(last=False)
+                evictable = [key for key in self._loaded if key not in self.pinned]
+                for key in evictable[:max(0, len(evictable) - self.capacity)]:
+                    del self._loaded[key]
                 self._loading.pop(source, None)
             return family
+
+    def peek(self, source: str) -> Family | None:
+        """The model if it is loaded, None if not (loading nothing); a recent failure is raised again."""
+        with self._guard:
+            if source in self._loaded:
+                self._loaded.move_to_end(source)
+                return self._loaded[source]
+            self._raise_recent_failure(source)
+            return None
+
+    def is_loading(self, source: str) -> bool:
+        """Whether a load of `source` is under way."""
+        with self._guard:
+            return source in self._loading
 
     def _raise_recent_failure(self, source: str) -> None:
         failed = self._failed.get(source)

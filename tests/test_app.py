@@ -166,3 +166,93 @@ def test_browser_clicks_sample_and_denoise(app_url, drawings):
             page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=image, timeout=60_000)
         page.screenshot(path=str(drawings / "screenshot.png"))
         browser.close()
+
+
+def test_sample_api_takes_class_names_and_indices(client, runs):
+    from gradio_client.exceptions import AppError
+
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/sample"]["parameters"]
+    label = next(p for p in parameters if p["parameter_name"] == "class_label")
+    assert "enum" not in label["type"] and "class name or index" in label["type"]["description"]
+    run = str(runs / "diffusion")
+    names = client.predict(run, api_name="/load")[1]["choices"]
+    for choice in ["7", names[-1][0], "(one of each)"]:
+        assert image_size(client.predict(run, "ddim", 2, choice, 2.0, 0, 2, api_name="/sample"))[0] > 0
+    for wrong in ["99", "cat", "-1"]:
+        with pytest.raises(AppError, match="neither a class index"):
+            client.predict(run, "ddim", 2, wrong, 2.0, 0, 2, api_name="/sample")
+
+
+def test_incomplete_weights_are_refused_with_the_file_named(client, runs, tmp_path):
+    from gradio_client.exceptions import AppError
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "half"
+    shutil.copytree(runs / "dae", folder, ignore=shutil.ignore_patterns("checkpoints"))
+    weights = load_file(folder / "model.safetensors")
+    save_file(dict(list(weights.items())[: len(weights) // 2]), folder / "model.safetensors")
+    with pytest.raises(AppError, match="model.safetensors is incomplete"):
+        client.predict(str(folder), api_name="/load")
+
+
+def test_share_applies_the_space_policy_unless_told_not_to(runs, monkeypatch, capsys):
+    """M7: `genkit app --share` (a public link) serves the run given and Hub ids within the Space's budget, with a warning."""
+    import gradio as gr
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from genkit.cli import main
+
+    launched, real = [], gr.Blocks.launch
+
+    def launch(self, *args, share=False, **kwargs):  # offline: no tunnel; the same app is served on loopback instead
+        launched.append((self, share))
+        return real(self, *args, **{**kwargs, "server_name": "127.0.0.1", "prevent_thread_lock": True, "quiet": True})
+
+    monkeypatch.setattr(gr.Blocks, "launch", launch)
+    monkeypatch.delenv("GENKIT_MODELS", raising=False)
+    monkeypatch.setenv("GENKIT_ALLOW_HUB", "0")
+    for opt_out in [False, True]:
+        port = free_port()
+        assert main(["app", str(runs / "dae"), "--share", "--port", str(port), *(["--share-local-policy"] if opt_out else [])]) == 0
+        demo, share = launched[-1]
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            assert share and "autoencoder" in client.predict("dae" if not opt_out else str(runs / "dae"), api_name="/load")[0]
+            if opt_out:  # local mode on purpose: any path loads
+                assert "vae" in client.predict(str(runs / "vae2d"), api_name="/load")[0]
+                assert "WARNING" in capsys.readouterr().err
+                continue
+            for probe in [str(runs / "vae2d"), "/etc/passwd", "~"]:
+                with pytest.raises(AppError, match="not available here"):
+                    client.predict(probe, api_name="/load")
+            with pytest.raises(AppError, match="is not loaded"):
+                client.predict(str(runs / "diffusion"), "ddim", 2, "(none)", 1.0, 0, 1, api_name="/sample")  # never loaded here
+            assert "runs as a Space does" in capsys.readouterr().err
+        finally:
+            demo.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def test_browser_opens_on_the_tab_that_fits_the_family(runs):
+    playwright = pytest.importorskip("playwright.sync_api")
+    spec = importlib.util.spec_from_file_location("genkit_space_app_tabs", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    demo = module.build_demo(str(runs / "dae"))  # a denoising autoencoder: nothing to sample
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            playwright.expect(page.get_by_role("tab", name="Denoise")).to_have_attribute("aria-selected", "true", timeout=60_000)
+            playwright.expect(page.get_by_text("Diffusion steps")).to_be_hidden()  # the Denoise tab without diffusion's controls
+            playwright.expect(page.get_by_text("Noise level")).to_be_visible()
+            page.get_by_role("tab", name="Sample").click()
+            playwright.expect(page.get_by_text("This model does not generate new images")).to_be_visible()
+            playwright.expect(page.locator("#sample-button")).to_be_hidden()
+            browser.close()
+    finally:
+        demo.close()
