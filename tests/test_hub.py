@@ -1,12 +1,15 @@
 """Hub publishing, offline: HfApi is patched and the exact upload is inspected."""
 
+import importlib
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import tiny_config
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCard
 
 from genkit.cli import main
 from genkit.engine import train
@@ -45,6 +48,7 @@ def front_matter(card: str) -> dict:
 
 def test_push_uploads_exactly_the_model_files_and_card(ae_run, monkeypatch, capsys):
     hub = Recorder(monkeypatch)
+    assert not (ae_run / "README.md").exists()  # no placeholder card from the hub mixin in the run folder
     assert main(["push", str(ae_run), "--repo-id", "someone/genkit-ae", "--private"]) == 0
     assert hub.calls[0] == ("create_repo", "someone/genkit-ae", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert hub.calls[1][0] == "upload_folder" and hub.calls[1][1] == "someone/genkit-ae"
@@ -52,9 +56,39 @@ def test_push_uploads_exactly_the_model_files_and_card(ae_run, monkeypatch, caps
                          "samples.png", "training_config.json"]
     meta = front_matter(hub.card)
     assert meta["library_name"] == "genkit" and meta["pipeline_tag"] == "image-to-image" and meta["datasets"] == ["ylecun/mnist"]
-    assert "autoencoder" in meta["tags"] and "![samples](samples.png)" in hub.card
-    assert "## Metrics" in hub.card and "eval_loss" in hub.card and 'load_family("someone/genkit-ae")' in hub.card
+    assert "autoencoder" in meta["tags"] and "![samples](samples.png)" in hub.card and "base_model" not in meta
+    assert "## Metrics" in hub.card and 'MLPAutoencoder.from_pretrained("someone/genkit-ae")' in hub.card
     assert "optimizer" not in " ".join(hub.files) and "checkpoints" not in " ".join(hub.files)
+    # model-index: what huggingface_hub reads back is the run's held-out evaluation, value for value
+    final = json.loads((ae_run / "metrics.json").read_text())["final"]
+    results = ModelCard(hub.card).data.eval_results
+    assert {r.metric_type: r.metric_value for r in results} == {k: v for k, v in final.items() if k.startswith("eval_")}
+    assert {(r.task_type, r.dataset_type, r.dataset_split) for r in results} == {("image-to-image", "ylecun/mnist", "test")}
+    assert json.loads((ae_run / "hub.json").read_text())["repo_id"] == "someone/genkit-ae"  # a fine-tune of it cites this id
+
+
+def test_card_takes_genkit_eval_results_and_the_base_model(ae_run, tmp_path):
+    from genkit.hub import model_card
+
+    run = tmp_path / "ft"
+    shutil.copytree(ae_run, run, ignore=shutil.ignore_patterns("checkpoints", "samples", "hub.json"))
+    (run / "eval_results.json").write_text(json.dumps({"mse": 0.0123, "images": 64}))
+    snapshot = tmp_path / "hf" / "models--someone--base-ae" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    pushed = tmp_path / "pushed-run"
+    pushed.mkdir()
+    (pushed / "hub.json").write_text(json.dumps({"repo_id": "someone/pushed-ae"}))
+    cases = [(None, None, ""), ("someone/base-ae", "someone/base-ae", "Fine-tuned from [someone/base-ae]"),
+             (str(snapshot), "someone/base-ae", "Fine-tuned from [someone/base-ae]"), (str(pushed), "someone/pushed-ae", "someone/pushed-ae"),
+             (str(tmp_path / "secret" / "local-ae"), None, "from a local run (`local-ae`) that is not on the Hub")]
+    (tmp_path / "secret" / "local-ae").mkdir(parents=True)
+    config = json.loads((run / "training_config.json").read_text())
+    for init_from, expected, sentence in cases:
+        (run / "training_config.json").write_text(json.dumps({**config, "init_from": init_from}))
+        card = model_card(run, "someone/ft")
+        assert front_matter(card).get("base_model") == expected and sentence in card and str(tmp_path) not in card, init_from
+    results = {r.metric_name: r.metric_value for r in ModelCard(card).data.eval_results}
+    assert results["mse"] == 0.0123 and "images" not in results  # metrics, not counts
 
 
 def test_dry_run_writes_the_folder_and_uploads_nothing(ae_run, tmp_path, monkeypatch, capsys):
@@ -157,3 +191,74 @@ def test_space_folder_dry_run_and_upload(tmp_path, monkeypatch, capsys):
     for bad in [["--model", "../etc"], ["--model", "not a repo"]]:
         assert main(["space", "--repo-id", "someone/x", *bad, "--dry-run", str(tmp_path / "x")]) == 2
     assert main(["space", "--repo-id", "/abs/path", "--dry-run", str(tmp_path / "y")]) == 2
+
+
+@pytest.fixture(scope="module")
+def family_runs(tiny_idx, ae_run, tmp_path_factory):
+    """One tiny finished run per family (and kind of diffusion model)."""
+    root = tmp_path_factory.mktemp("families")
+    pixels = {"value_range": "-1,1"}
+    configs = {
+        "vae": dict(family="vae", model={"hidden_dims": [16], "latent_dim": 4}),
+        "gan": dict(family="gan", model={"architecture": "dcgan", "conditional": True, "width": 8, "latent_dim": 8}, data=pixels),
+        "rbm": dict(family="rbm", model={"hidden": 16}),
+        "diffusion": dict(family="diffusion", model={"preset": "tiny", "sample_steps": 2}, data=pixels),
+        "diffusion-conditional": dict(family="diffusion", model={"preset": "tiny", "sample_steps": 2, "class_conditional": True}, data=pixels),
+    }
+    runs = {"autoencoder": ae_run}
+    for name, config in configs.items():
+        train(tiny_config(tiny_idx, root / name, max_steps=2, num_samples=4, **config))
+        runs[name] = root / name
+    return runs
+
+
+def dry_run(run: Path, folder: Path, repo_id: str = "someone/model") -> tuple[Path, str]:
+    """The dry-run folder of `run` and the python block of its card, with the repo id pointing at that folder."""
+    from genkit.hub import prepare_upload
+
+    prepare_upload(run, repo_id, folder)
+    card = (folder / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert f'"{repo_id}"' in code
+    return folder, code.replace(f'"{repo_id}"', repr(str(folder)))
+
+
+CONDITIONAL_PIPELINE = pytest.mark.xfail(reason="pipeline.py (DiffusionPipeline with trust_remote_code) ships with the conditional-"
+                                                "diffusion work of another branch; turn on at merge", strict=False)
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "vae", "gan", "rbm", "diffusion", pytest.param("diffusion-conditional", marks=CONDITIONAL_PIPELINE)])
+def test_card_snippet_runs_against_the_uploaded_folder(family_runs, name, tmp_path, monkeypatch):
+    folder, code = dry_run(family_runs[name], tmp_path / "upload")
+    assert not [p for p in family_runs[name].rglob("README.md")]  # the hub mixin wrote no placeholder card anywhere in the run
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, f"{name} card", "exec"), scope)
+    out = scope.get("images", scope.get("reconstructions"))
+    count = len(out)
+    assert count == (8 if name in ("gan", "vae", "rbm") else 4), name
+    if name == "gan":  # the Hub's download counter counts the root config.json; Generator.from_pretrained(id) reads it
+        assert (folder / "config.json").read_bytes() == (family_runs["gan"] / "generator" / "config.json").read_bytes()
+        assert out.shape == (8, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
+
+
+WHAT_LOADS_WHERE = re.compile(r"^\| `(?P<family>[\w-]+)` \| `(?P<loader>[^`]+)` \| `(?P<snippet>[^`]+)` \|$", re.M)
+
+
+def test_readme_what_loads_where_rows_load(family_runs, tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [m.groupdict() for m in WHAT_LOADS_WHERE.finditer(readme.split("### What loads where")[1].split("\n#")[0])]
+    assert {row["family"] for row in rows} >= {"autoencoder", "vae", "gan", "rbm", "diffusion", "diffusion-conditional"}
+    monkeypatch.chdir(tmp_path)
+    failed = []
+    for i, row in enumerate(rows):
+        folder, _ = dry_run(family_runs[row["family"]], tmp_path / f"row{i}")
+        module, _, name = row["loader"].rpartition(".")
+        scope = {name: getattr(importlib.import_module(module), name), "repo_id": str(folder)}
+        try:
+            loaded = eval(row["snippet"], scope)
+        except Exception as err:  # collected: the conditional-diffusion row waits for pipeline.py (another branch)
+            failed.append((row["family"], f"{type(err).__name__}: {err}"))
+            continue
+        assert loaded is not None
+    assert [f for f, _ in failed] in ([], ["diffusion-conditional"]), failed
