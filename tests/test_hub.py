@@ -104,17 +104,85 @@ def test_dry_run_writes_the_folder_and_uploads_nothing(ae_run, tmp_path, monkeyp
     assert "not empty" in capsys.readouterr().err
 
 
-def test_diffusion_card_and_files(tiny_idx, tmp_path, monkeypatch):
-    out = tmp_path / "diff"
-    train(tiny_config(tiny_idx, out, family="diffusion", model={"preset": "tiny", "sample_steps": 2}, data={"value_range": "-1,1"}, max_steps=2, num_samples=4))
+def test_diffusion_card_and_files(family_runs, monkeypatch):
     hub = Recorder(monkeypatch)
     from genkit.hub import push_run
 
-    push_run(out, "someone/genkit-ddpm")
+    push_run(family_runs["diffusion"], "someone/genkit-ddpm")
     assert {"model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"} <= set(hub.files)
     meta = front_matter(hub.card)
     assert meta["library_name"] == "diffusers" and meta["pipeline_tag"] == "unconditional-image-generation"
     assert "DDPMPipeline.from_pretrained(\"someone/genkit-ddpm\")" in hub.card
+    run = family_runs["diffusion-conditional"]
+    (run / "pipeline.py").write_text("# the pipeline class, shipped for trust_remote_code\n")
+    try:
+        push_run(run, "someone/genkit-cddpm")
+    finally:
+        (run / "pipeline.py").unlink()
+    assert "pipeline.py" in hub.files and 'DiffusionPipeline.from_pretrained("someone/genkit-cddpm", trust_remote_code=True)' in hub.card
+    assert front_matter(hub.card)["library_name"] == "diffusers"
+
+
+def test_push_refuses_symlinks_and_leaves_nothing_behind(ae_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(ae_run, run, ignore=shutil.ignore_patterns("checkpoints", "samples"))
+    (run / ".env").write_text("HF_TOKEN=hf_secret\n")
+    hub = Recorder(monkeypatch)
+    for name, target in [("samples.png", Path("/etc/passwd")), ("loss_curve.png", run / ".env")]:
+        saved = (run / name).read_bytes()
+        (run / name).unlink()
+        (run / name).symlink_to(target)
+        assert main(["push", str(run), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "out")]) == 2
+        assert name in capsys.readouterr().err and not (tmp_path / "out").exists()
+        assert main(["push", str(run), "--repo-id", "someone/x"]) == 2 and hub.calls == []
+        (run / name).unlink()
+        (run / name).write_bytes(saved)
+    (tmp_path / "elsewhere").mkdir()  # a linked folder on the way to an allow-listed file
+    shutil.move(run / "config.json", tmp_path / "elsewhere" / "config.json")
+    (run / "config.json").symlink_to(tmp_path / "elsewhere" / "config.json")
+    assert main(["push", str(run), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "out")]) == 2
+    assert "config.json" in capsys.readouterr().err and not list(tmp_path.glob(".out*"))
+
+
+def test_failed_dry_run_leaves_no_partial_folder_and_names_the_file(ae_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    real = shutil.copyfile
+
+    def full_disk(src, dst, **kwargs):
+        if Path(dst).name == "model.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    (tmp_path / "out").mkdir()  # an empty folder given by the user stays as it was
+    assert main(["push", str(ae_run), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(tmp_path / "out" / "model.safetensors") in err
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"] and not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("repo_id", ["a/b\n", "a/b ", " a/b", "a/\tb", "a//b", "a/b/c", "a/b\x00", "https://huggingface.co/a/b", "a/-b", "a/b."])
+def test_repo_ids_are_validated_strictly(ae_run, tmp_path, repo_id, monkeypatch, capsys):
+    hub = Recorder(monkeypatch)
+    assert main(["push", str(ae_run), "--repo-id", repo_id]) == 2
+    assert main(["space", "--repo-id", repo_id, "--dry-run", str(tmp_path / "s")]) == 2
+    assert main(["space", "--repo-id", "someone/space", "--model", repo_id, "--dry-run", str(tmp_path / "s")]) == 2
+    assert hub.calls == [] and not (tmp_path / "s").exists() and repr(repo_id) in capsys.readouterr().err
+
+
+def test_distribution_name_is_not_googles_genkit():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "hf-genkit" and project["scripts"] == {"genkit": "genkit.cli:main"}
+    from genkit.hub import INSTALL, space_card
+
+    texts = [(root / name).read_text() for name in ["README.md", "spaces/README.md", "spaces/requirements.txt"]]
+    for text in [*texts, INSTALL, space_card("someone/space", [], True)]:
+        assert not re.search(r"(?m)^\s*pip install (-U )?[\"']?genkit\b(?!-)", text), text[:200]  # warnings about it may quote it
+    assert INSTALL.startswith("pip install hf-genkit")
 
 
 def test_push_errors_are_readable(tmp_path, capsys):
@@ -220,6 +288,7 @@ def dry_run(run: Path, folder: Path, repo_id: str = "someone/model") -> tuple[Pa
     card = (folder / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     assert f'"{repo_id}"' in code
+    code = re.sub(r"\b(num_inference_steps|steps)=\d+", r"\1=2", code)  # the card's code as written, with 2 sampling steps (fast)
     return folder, code.replace(f'"{repo_id}"', repr(str(folder)))
 
 
@@ -242,23 +311,23 @@ def test_card_snippet_runs_against_the_uploaded_folder(family_runs, name, tmp_pa
         assert out.shape == (8, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
 
 
-WHAT_LOADS_WHERE = re.compile(r"^\| `(?P<family>[\w-]+)` \| `(?P<loader>[^`]+)` \| `(?P<snippet>[^`]+)` \|$", re.M)
+WHAT_LOADS_WHERE = re.compile(r"^\| `(?P<family>[\w-]+)` \| `(?P<loader>[^`]+)` \| `(?P<snippet>[^`]+)` \|.*$", re.M)
 
 
 def test_readme_what_loads_where_rows_load(family_runs, tmp_path, monkeypatch):
+    from genkit.runs import load_family
+
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     rows = [m.groupdict() for m in WHAT_LOADS_WHERE.finditer(readme.split("### What loads where")[1].split("\n#")[0])]
-    assert {row["family"] for row in rows} >= {"autoencoder", "vae", "gan", "rbm", "diffusion", "diffusion-conditional"}
+    assert {row["family"] for row in rows} == set(family_runs)
     monkeypatch.chdir(tmp_path)
-    failed = []
     for i, row in enumerate(rows):
-        folder, _ = dry_run(family_runs[row["family"]], tmp_path / f"row{i}")
+        run = family_runs[row["family"]]
+        folder, _ = dry_run(run, tmp_path / f"row{i}")
+        assert load_family(str(folder)).name == row["family"].split("-")[0]  # genkit's loader takes every family
         module, _, name = row["loader"].rpartition(".")
         scope = {name: getattr(importlib.import_module(module), name), "repo_id": str(folder)}
-        try:
-            loaded = eval(row["snippet"], scope)
-        except Exception as err:  # collected: the conditional-diffusion row waits for pipeline.py (another branch)
-            failed.append((row["family"], f"{type(err).__name__}: {err}"))
-            continue
-        assert loaded is not None
-    assert [f for f, _ in failed] in ([], ["diffusion-conditional"]), failed
+        if not (run / "pipeline.py").is_file() and "trust_remote_code" in row["snippet"]:
+            continue  # pipeline.py ships with the conditional-diffusion work of another branch: checked once it is there
+        loaded = eval(row["snippet"], scope)
+        assert type(loaded).__name__ in (name, "GenkitDiffusionPipeline") or isinstance(loaded, scope[name]), row
