@@ -1,6 +1,7 @@
 """Hub publishing, offline: HfApi is patched and the exact upload is inspected."""
 
 import importlib
+import importlib.metadata
 import json
 import re
 import shutil
@@ -226,38 +227,62 @@ def test_push_takes_an_allow_list_and_no_local_paths(tiny_idx, tmp_path, monkeyp
     assert load_family(str(staged)).config.data.source == tiny_idx.name  # the portable config still loads
 
 
-def test_space_folder_dry_run_and_upload(tmp_path, monkeypatch, capsys):
+def test_space_folder_dry_run_and_upload(ae_run, tmp_path, monkeypatch, capsys):
     hub = Recorder(monkeypatch)
-    assert main(["space", "--repo-id", "someone/genkit-demo", "--model", "someone/genkit-ddpm", "--dry-run", str(tmp_path / "space")]) == 0
+    local = tmp_path / "my ae"  # a local run, bundled into the Space with the push's allow-list
+    shutil.copytree(ae_run, local, ignore=shutil.ignore_patterns("checkpoints", "samples", "hub.json"))
+    (local / ".env").write_text("HF_TOKEN=hf_secret\n")
+    args = ["space", "--repo-id", "someone/genkit-demo", "--model", "someone/genkit-ddpm", "--model", str(local)]
+    assert main([*args, "--dry-run", str(tmp_path / "space")]) == 0
     assert hub.calls == []
     files = json.loads(capsys.readouterr().out)["files"]
     folder = tmp_path / "space"
     assert {"app.py", "README.md", "requirements.txt", "space.json", "genkit/__init__.py", "genkit/safe_load.py", "genkit/families/diffusion.py"} <= set(files)
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    assert sorted(f for f in files if f.startswith("models/")) == ["models/my-ae/" + f for f in
+                                                                   ["config.json", "data_info.json", "loss_curve.png", "metrics.json",
+                                                                    "model.safetensors", "samples.png", "training_config.json"]]
     meta = front_matter((folder / "README.md").read_text())
     import gradio
 
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["sdk_version"] == gradio.__version__
-    assert meta["models"] == ["someone/genkit-ddpm"]
-    requirements = (folder / "requirements.txt").read_text().split()
-    assert "diffusers>=0.30" in requirements and not [r for r in requirements if r.startswith(("gradio", "git+", "genkit"))]
-    assert json.loads((folder / "space.json").read_text()) == {"models": ["someone/genkit-ddpm"], "allow_hub": True}
-    # the folder runs on its own: its app imports the genkit copied beside it and serves the listed model
+    assert meta["models"] == ["someone/genkit-ddpm"] and "download.pytorch.org/whl/cpu" in (folder / "README.md").read_text()
+    # requirements: every package the app imports, pinned to the version installed here; CPU torch; nothing it never imports
+    lines = (folder / "requirements.txt").read_text().split("\n")
+    assert lines[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    pins = dict(line.split("==") for line in lines[1:] if line)
+    assert {"torch", "diffusers", "datasets", "huggingface_hub", "accelerate", "numpy", "pillow", "scikit-learn", "PyYAML"} <= set(pins)
+    assert not {"gradio", "matplotlib", "tensorboard", "torchmetrics", "transformers", "genkit", "hf-genkit"} & set(pins)
+    for dist, version in pins.items():
+        installed = importlib.metadata.version(dist)
+        assert version == (installed.split("+")[0] + "+cpu" if dist == "torch" else installed), dist
+    assert json.loads((folder / "space.json").read_text()) == {"models": ["someone/genkit-ddpm", "my-ae=models/my-ae"], "allow_hub": True}
+    # the folder runs on its own: its app imports the genkit copied beside it, lists both models and serves the bundled run
     import subprocess
     import sys
 
-    probe = ("import genkit, app; print(genkit.__file__); "
-             "print(type(app.demo).__name__, sorted(app.space_policy().models), app.space_policy().allow_hub)")
+    probe = ("import sys, genkit, app; policy = app.space_policy(); name = policy.load('my-ae').name; print('@', genkit.__file__); "
+             "print('@', type(app.demo).__name__, sorted(policy.models), policy.allow_hub, name); "
+             "print('@', sorted({m.split('.')[0] for m in sys.modules}))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=folder, capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert str(folder / "genkit") in result.stdout and "Blocks ['someone/genkit-ddpm'] True" in result.stdout
+    out = [line[2:] for line in result.stdout.splitlines() if line.startswith("@ ")]
+    assert str(folder / "genkit") in out[0] and out[1] == "Blocks ['my-ae', 'someone/genkit-ddpm'] True autoencoder"
+    from genkit.hub import app_imports
+
+    loaded = set(eval(out[2]))
+    assert app_imports() <= loaded and not {"matplotlib", "torchmetrics", "tensorboard"} & app_imports()
     # and the upload sends exactly that folder to a gradio Space
-    assert main(["space", "--repo-id", "someone/genkit-demo", "--model", "someone/genkit-ddpm", "--only-listed", "--private"]) == 0
+    assert main([*args, "--only-listed", "--private"]) == 0
     assert hub.calls[0] == ("create_repo", "someone/genkit-demo", {"private": True, "exist_ok": True, "repo_type": "space", "space_sdk": "gradio"})
     assert hub.calls[1][2]["repo_type"] == "space" and hub.files == sorted(files)
-    for bad in [["--model", "../etc"], ["--model", "not a repo"]]:
+    assert main(["space", "--repo-id", "someone/x", "--gpu", "--dry-run", str(tmp_path / "gpu")]) == 0
+    gpu = (tmp_path / "gpu" / "requirements.txt").read_text()
+    assert "extra-index-url" not in gpu and f"torch=={importlib.metadata.version('torch').split('+')[0]}\n" in gpu
+    for bad in [["--model", "../etc"], ["--model", "not a repo"], ["--model", str(tmp_path / "gpu")]]:  # the last: a folder that is no run
         assert main(["space", "--repo-id", "someone/x", *bad, "--dry-run", str(tmp_path / "x")]) == 2
+        assert not (tmp_path / "x").exists()
     assert main(["space", "--repo-id", "/abs/path", "--dry-run", str(tmp_path / "y")]) == 2
 
 
