@@ -1,6 +1,7 @@
 """Synthetic data sets (export, load, train on, push), the Classification Accuracy Score, and ICA / SOM analysis."""
 
 import json
+import re
 
 import datasets
 import numpy as np
@@ -71,6 +72,33 @@ def test_generation_is_seeded_and_one_class_can_be_asked_for(cgan, tmp_path):
     with pytest.raises(ValueError, match="class label 'Cat'"):
         export(family, tmp_path / "c", 12, progress=False, class_label="Cat")
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "save_to_disk"])
+def test_a_failed_export_leaves_no_partial_folder_and_names_the_file(cgan, tmp_path, fmt, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    real, written = Path.write_bytes, []
+
+    def disk_fills_up(self, data):  # the fourth image does not fit
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        written.append(self)
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_fills_up)
+    if fmt == "save_to_disk":  # the data set is complete, then saving it fails
+        monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", lambda self, path, **kw: (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "train" / "data-00000-of-00001.arrow"))))
+    assert main(["generate", str(cgan), "--n", "12", "--out", str(tmp_path / "out"), "--format", fmt, "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err
+    if fmt == "imagefolder":  # the file named where it would have been, in the requested folder
+        assert re.search(re.escape(str(tmp_path / "out" / "train")) + r"/[^/]+/0000003\.png", err), err
+    else:
+        assert str(tmp_path / "out" / "train" / "data-00000-of-00001.arrow") in err, err
+    assert list(tmp_path.iterdir()) == []  # no half-written folder, no staging left behind
 
 
 def test_large_sets_stream_batch_by_batch(cgan):
