@@ -356,3 +356,10 @@ def test_readme_what_loads_where_rows_load(family_runs, tmp_path, monkeypatch):
             continue  # pipeline.py ships with the conditional-diffusion work of another branch: checked once it is there
         loaded = eval(row["snippet"], scope)
         assert type(loaded).__name__ in (name, "GenkitDiffusionPipeline") or isinstance(loaded, scope[name]), row
+
+
+def test_checked_in_space_requirements_are_what_genkit_space_writes():
+    from genkit.hub import space_requirements
+
+    text = (Path(__file__).resolve().parents[1] / "spaces" / "requirements.txt").read_text()
+    assert [line for line in text.splitlines() if line and not line.startswith("#")] == space_requirements()
