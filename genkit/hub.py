@@ -6,13 +6,15 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import json
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCardData
@@ -58,14 +60,22 @@ def base_model(init_from: str | None) -> tuple[str | None, str]:
         return None, ""
     path = Path(init_from).expanduser()
     if path.exists():
-        pushed = path / HUB_RECORD
-        repo_id = json.loads(pushed.read_text()).get("repo_id") if pushed.is_file() else cached_repo_id(path)
+        repo_id = pushed_repo_id(path) or cached_repo_id(path)
         if repo_id and valid_repo_id(repo_id):
             return repo_id, f"Fine-tuned from [{repo_id}](https://huggingface.co/{repo_id})."
         return None, f"Fine-tuned from a local run (`{path.name}`) that is not on the Hub."
     if valid_repo_id(init_from):
         return init_from, f"Fine-tuned from [{init_from}](https://huggingface.co/{init_from})."
     return None, f"Fine-tuned from `{bare(init_from)}` (not a Hub model)."
+
+
+def pushed_repo_id(run_dir: Path) -> str | None:
+    """The repo id `genkit push` recorded in a run folder (hub.json), else None."""
+    try:
+        record = json.loads((run_dir / HUB_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("repo_id") if isinstance(record, dict) else None
 
 
 def cached_repo_id(path: Path) -> str | None:
@@ -85,7 +95,7 @@ def eval_results(run_dir: Path, config: TrainConfig, dataset: str | None, task: 
     name = dataset or bare(data.source)
     split = data.eval_split or f"{data.split} (held-out {data.eval_fraction:g})"
     return [EvalResult(task_type=task, dataset_type=name, dataset_name=name, dataset_split=split, metric_type=key, metric_name=key, metric_value=value)
-            for key, value in scores.items() if isinstance(value, float)]
+            for key, value in scores.items() if isinstance(value, float) and math.isfinite(value)]  # metrics, not counts or flags
 
 
 def model_card(run_dir: Path, repo_id: str) -> str:
@@ -221,7 +231,10 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
         info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message or f"Upload genkit run {Path(run_dir).name}")
     url = str(getattr(info, "commit_url", info))
-    (Path(run_dir) / HUB_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit_url": url}, indent=2) + "\n")  # fine-tunes cite it
+    try:  # fine-tunes of this run cite it as base_model; a read-only run folder only loses that
+        (Path(run_dir) / HUB_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit_url": url}, indent=2) + "\n")
+    except OSError:
+        pass
     return url
 
 
@@ -262,7 +275,7 @@ SDK_PROVIDED = {"gradio"}  # installed by the Space's SDK at the card's sdk_vers
 def app_imports(app: Path = SPACE_APP) -> set[str]:
     """Top-level third-party modules the app imports when it loads, following its genkit imports (and every family it may load)."""
     package = Path(__file__).resolve().parent
-    todo = [app, *sorted((package / "families").glob("*.py"))]  # families are imported by name at load time
+    todo = [app, *sorted((package / "families").glob("*.py"))]  # families are imported by name when a model loads
     seen: set[Path] = set()
     found: set[str] = set()
     while todo:
@@ -270,31 +283,31 @@ def app_imports(app: Path = SPACE_APP) -> set[str]:
         if path in seen or not path.is_file():
             continue
         seen.add(path)
-        module_path = path.parent if path.name == "__init__.py" else path.with_suffix("")
         tree = ast.parse(path.read_text())
-        top_level = {id(node) for node in tree.body}
+        at_import_time = {id(node) for node in _outside_functions(tree)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                names = [(a.name, 0) for a in node.names]
+                names, level = [a.name for a in node.names], 0
             elif isinstance(node, ast.ImportFrom):
-                names = [(node.module or "", node.level)] + [(f"{node.module}.{a.name}" if node.module else a.name, node.level) for a in node.names]
+                names, level = [node.module or "", *(f"{node.module or ''}.{a.name}".lstrip(".") for a in node.names)], node.level
             else:
                 continue
-            for name, level in names:
-                if level or name.split(".")[0] == "genkit":  # genkit's own: followed wherever it is imported
-                    base = (module_path.parent if path.name != "__init__.py" else module_path)
-                    for _ in range(max(level - 1, 0)):
-                        base = base.parent
-                    target = (base if level else package.parent).joinpath(*[p for p in name.split(".") if p])
+            for name in names:
+                if level or name.split(".")[0] == "genkit":  # genkit's own modules: followed, wherever the import is
+                    base = path.parents[level - 1] if level else package.parent
+                    target = base.joinpath(*[part for part in name.split(".") if part])
                     todo += [target.with_suffix(".py"), target / "__init__.py"]
-                elif id(node) in top_level or _guarded_top_level(tree, node):
-                    found.add(name.split(".")[0])  # third-party imports inside functions (plots, analysis) are not needed to serve
-    return {name for name in found if name not in sys.stdlib_module_names and name not in ("genkit", "__future__")}
+                elif id(node) in at_import_time:  # third-party imports inside functions (plots, analysis) are not needed to serve
+                    found.add(name.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"genkit", "__future__"}
 
 
-def _guarded_top_level(tree: ast.Module, node: ast.AST) -> bool:
-    """An import under a module-level if/try (still run at import time)."""
-    return any(node in ast.walk(block) for block in tree.body if isinstance(block, (ast.If, ast.Try)))
+def _outside_functions(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node run when the module is imported: all but the bodies of functions."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield child
+            yield from _outside_functions(child)
 
 
 def space_requirements(cpu: bool = True) -> list[str]:
