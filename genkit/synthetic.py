@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError
 from .families import Family
-from .hub import check_repo_id, write_atomically
+from .hub import check_repo_id, source_file, write_atomically
 
 FORMATS = ("save_to_disk", "imagefolder", "parquet")
 INFO_FILE = "genkit_generation.json"
@@ -166,6 +166,9 @@ def push_dataset(folder: str | Path, repo_id: str, private: bool = False, token:
     check_repo_id(repo_id)
     if not list(folder.glob("train-*.parquet")):
         raise ConfigError(f"{folder} holds no parquet export: generate with --format parquet to push to the Hub")
+    for path in [*folder.glob("train-*.parquet"), folder / "README.md", folder / INFO_FILE]:
+        if path.exists() or path.is_symlink():
+            source_file(folder, path.name)  # no symbolic link is followed into the upload
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="dataset")
     info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",

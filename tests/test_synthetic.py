@@ -133,6 +133,18 @@ def test_push_dataset_offline(cgan, tmp_path, monkeypatch, capsys):
     assert main(["generate", str(cgan), "--n", "5", "--out", str(tmp_path / "x"), "--format", "imagefolder", "--push-to-hub", "a/b"]) == 2
 
 
+def test_push_dataset_refuses_symlinks(tmp_path, monkeypatch):
+    from genkit.config import ConfigError
+    from genkit.synthetic import push_dataset
+
+    hub = Recorder(monkeypatch)
+    (tmp_path / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    (tmp_path / "README.md").symlink_to("/etc/passwd")
+    with pytest.raises(ConfigError, match="README.md"):
+        push_dataset(tmp_path, "someone/data")
+    assert hub.calls == []
+
+
 def test_classification_accuracy_score_on_a_tiny_run(cgan):
     from genkit.evaluation import classification_accuracy_score
 
