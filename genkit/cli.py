@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("space", help="write (and upload) a deployable Gradio Space that serves genkit models")
     p.add_argument("--repo-id", required=True, help="owner/name of the Space on the Hub")
-    p.add_argument("--model", action="append", default=[], metavar="OWNER/MODEL", help="Hub model the Space offers (repeatable)")
+    p.add_argument("--model", action="append", default=[], metavar="OWNER/MODEL|RUN_DIR",
+                   help="Hub model the Space offers, or a local run bundled into the Space under models/ (repeatable)")
+    p.add_argument("--gpu", action="store_true", help="for GPU hardware: PyPI's CUDA torch (default: the CPU build, for a CPU Space)")
     p.add_argument("--only-listed", action="store_true", help="serve only the --model ids (visitors cannot enter other Hub ids)")
     p.add_argument("--private", action="store_true")
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
@@ -310,10 +312,10 @@ def _space(args: argparse.Namespace) -> int:
     from .hub import prepare_space, push_space
 
     if args.dry_run:
-        files = prepare_space(args.repo_id, args.model, args.dry_run, allow_hub=not args.only_listed)
+        files = prepare_space(args.repo_id, args.model, args.dry_run, allow_hub=not args.only_listed, cpu=not args.gpu)
         print(json.dumps({"dry_run": args.dry_run, "repo_id": args.repo_id, "models": args.model, "files": files}, indent=2))
         return 0
-    print(push_space(args.repo_id, args.model, allow_hub=not args.only_listed, private=args.private, token=args.token))
+    print(push_space(args.repo_id, args.model, allow_hub=not args.only_listed, private=args.private, token=args.token, cpu=not args.gpu))
     return 0
 
 

@@ -3,20 +3,25 @@ and a Space that serves genkit models."""
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
+import math
 import os
 import re
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub import EvalResult, ModelCardData
 
 from .config import ConfigError, TrainConfig
 from .data import BUILTIN
-from .runs import check_finished, export_files
+from .runs import HUB_RECORD, check_finished, export_files
 from .safe_load import HUB_ID
 
 PIPELINE_TAGS = {"diffusion": "unconditional-image-generation", "gan": "unconditional-image-generation", "vae": "unconditional-image-generation",
@@ -41,65 +46,176 @@ def bare(value: Any) -> Any:
     return value
 
 
+# What loads a pushed folder, per family: the stock loader (module class or pipeline) named in the card and the README
+LOADERS = {"autoencoder": "genkit.families.autoencoder", "vae": "genkit.families.vae:VAE", "gan": "genkit.families.gan:Generator",
+           "rbm": "genkit.families.rbm:BernoulliRBM", "classifier": "genkit.families.classifier:SmallCNN"}
+ROOT_COPIES = {"gan": {"config.json": "generator/config.json", "model.safetensors": "generator/model.safetensors"}}  # Generator.from_pretrained(id)
+DISTRIBUTION = "hf-genkit"  # genkit's name on PyPI ("genkit" there is Google's unrelated SDK, same import name)
+INSTALL = f"pip install {DISTRIBUTION}  # genkit's PyPI name; `pip install genkit` installs an unrelated project"
+
+
+def base_model(init_from: str | None) -> tuple[str | None, str]:
+    """The Hub id a fine-tune started from (None when it is not on the Hub), and a sentence for the card."""
+    if not init_from:
+        return None, ""
+    path = Path(init_from).expanduser()
+    if path.exists():
+        repo_id = pushed_repo_id(path) or cached_repo_id(path)
+        if repo_id and valid_repo_id(repo_id):
+            return repo_id, f"Fine-tuned from [{repo_id}](https://huggingface.co/{repo_id})."
+        return None, f"Fine-tuned from a local run (`{path.name}`) that is not on the Hub."
+    if valid_repo_id(init_from):
+        return init_from, f"Fine-tuned from [{init_from}](https://huggingface.co/{init_from})."
+    return None, f"Fine-tuned from `{bare(init_from)}` (not a Hub model)."
+
+
+def pushed_repo_id(run_dir: Path) -> str | None:
+    """The repo id `genkit push` recorded in a run folder (hub.json), else None."""
+    try:
+        record = json.loads((run_dir / HUB_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("repo_id") if isinstance(record, dict) else None
+
+
+def cached_repo_id(path: Path) -> str | None:
+    """owner/name of a snapshot in the Hugging Face cache (.../models--owner--name/snapshots/<sha>), else None."""
+    for part in path.resolve().parts:
+        if part.startswith("models--") and part.count("--") == 2:
+            return part[len("models--"):].replace("--", "/")
+    return None
+
+
+def eval_results(run_dir: Path, config: TrainConfig, dataset: str | None, task: str) -> list[EvalResult]:
+    """The run's evaluation on its held-out split (metrics.json's eval_* and `genkit eval`'s eval_results.json) for model-index."""
+    final = json.loads((run_dir / "metrics.json").read_text()).get("final", {}) if (run_dir / "metrics.json").is_file() else {}
+    offline = json.loads((run_dir / "eval_results.json").read_text()) if (run_dir / "eval_results.json").is_file() else {}
+    scores = {**{k: v for k, v in final.items() if k.startswith("eval_")}, **offline}
+    data = config.data
+    name = dataset or bare(data.source)
+    split = data.eval_split or f"{data.split} (held-out {data.eval_fraction:g})"
+    return [EvalResult(task_type=task, dataset_type=name, dataset_name=name, dataset_split=split, metric_type=key, metric_name=key, metric_value=value)
+            for key, value in scores.items() if isinstance(value, float) and math.isfinite(value)]  # metrics, not counts or flags
+
+
 def model_card(run_dir: Path, repo_id: str) -> str:
-    """README.md for the Hub: YAML metadata, sample grid, metrics, usage and the (portable) training config."""
-    config = portable_config(TrainConfig.load(run_dir))
+    """README.md for the Hub: YAML metadata (model-index, base_model), sample grid, metrics, usage and the (portable) training config."""
+    raw = TrainConfig.load(run_dir)
+    config = portable_config(raw)
     family = config.family
     conditional = bool(config.model.get("class_conditional") or config.model.get("conditional"))
+    latent = bool(config.model.get("autoencoder"))
     source = config.data.source
-    dataset = BUILTIN[source][0] if source in BUILTIN else (source if HUB_ID.match(source) else None)
-    meta = {"library_name": "diffusers" if family == "diffusion" else "genkit", "license": "apache-2.0",
-            "tags": ["genkit", family, *(["class-conditional"] if conditional else []),
-                     *(["diffusers:DDPMPipeline"] if family == "diffusion" and not conditional and not config.model.get("autoencoder") else [])],
-            "pipeline_tag": PIPELINE_TAGS.get(family, "other")}
-    if dataset:
-        meta["datasets"] = [dataset]
-    metrics = json.loads((run_dir / "metrics.json").read_text())["final"] if (run_dir / "metrics.json").is_file() else {}
-    evaluation = json.loads((run_dir / "eval_results.json").read_text()) if (run_dir / "eval_results.json").is_file() else {}
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in {**metrics, **evaluation}.items() if v is not None)
+    dataset = BUILTIN[source][0] if source in BUILTIN else (source if HUB_ID.fullmatch(source) else None)
+    task = PIPELINE_TAGS.get(family, "other")
+    results = eval_results(run_dir, config, dataset, task)
+    parent, provenance = base_model(raw.init_from)
+    stock = family == "diffusion" and not conditional and not latent
+    meta = ModelCardData(library_name="diffusers" if family == "diffusion" else "genkit", license="apache-2.0", pipeline_tag=task,
+                         tags=["genkit", family, *(["class-conditional"] if conditional else []), *(["diffusers:DDPMPipeline"] if stock else []),
+                               *(["model_hub_mixin", "pytorch_model_hub_mixin"] if family != "diffusion" else [])],
+                         datasets=[dataset] if dataset else None, base_model=parent, model_name=repo_id.split("/")[-1],
+                         eval_results=results or None)
+    rows = "\n".join(f"| {r.metric_name} | {r.metric_value:.4g} |" for r in results)
     sections = [
-        f"---\n{yaml.safe_dump(meta, sort_keys=False)}---",
+        f"---\n{meta.to_yaml()}\n---",
         f"# {repo_id.split('/')[-1]}\n\nA genkit **{family}** model trained on `{dataset or 'a local image dataset'}` "
-        f"({config.data.image_size}x{config.data.image_size}, {config.data.channels} channel{'s' if config.data.channels > 1 else ''}).",
+        f"({config.data.image_size}x{config.data.image_size}, {config.data.channels} channel{'s' if config.data.channels > 1 else ''}). "
+        f"{provenance}".rstrip(),
     ]
     if (run_dir / "samples.png").is_file():
         sections.append("![samples](samples.png)")
     if rows:
-        sections.append(f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}")
-    sections.append(f"## Usage\n\n```python\n{usage(family, repo_id, conditional, bool(config.model.get('autoencoder')))}\n```")
+        sections.append(f"## Metrics\n\nOn the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}")
+    sections.append(f"## Usage\n\n```bash\n{INSTALL}\n```\n\n```python\n{usage(run_dir, family, repo_id, conditional, latent)}\n```")
     sections.append(f"## Training config\n\n```yaml\n{yaml.safe_dump(config.to_dict(), sort_keys=False)}```\n\nTrained with "
                     f"`genkit train` (see the genkit README); `training_config.json` in this repo reproduces the run.")
     return "\n\n".join(sections) + "\n"
 
 
-def usage(family: str, repo_id: str, conditional: bool, latent: bool) -> str:
-    """The shortest working snippet that loads this model from the Hub."""
+def usage(run_dir: Path, family: str, repo_id: str, conditional: bool, latent: bool) -> str:
+    """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it)."""
+    load = f"\n\n# every family, with its config and class names:\nfrom genkit.runs import load_family\n\nfamily = load_family(\"{repo_id}\")"
     if family == "diffusion" and not conditional and not latent:
-        return (f"from diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"{repo_id}\")\nimages = pipe(batch_size=8).images\n\n"
-                f"# or any scheduler, with genkit:\nimport torch\nfrom genkit.runs import load_family\n"
-                f"images = load_family(\"{repo_id}\").generate(8, torch.Generator().manual_seed(0), scheduler=\"dpm++\", steps=25)")
-    if family == "diffusion" and not latent:
-        return (f"from genkit.pipelines import GenkitDiffusionPipeline\n\npipe = GenkitDiffusionPipeline.from_pretrained(\"{repo_id}\")\n"
-                f"images = pipe(class_labels=[0, 1, 2, 3], guidance_scale=2.0, num_inference_steps=25).images")
-    return (f"import torch\nfrom genkit.runs import load_family\n\nfamily = load_family(\"{repo_id}\")  # models, config and class names\n"
-            + ("x = torch.rand(4, 1, 28, 28)\nreconstructions = family.models[\"model\"].reconstruct(x)" if family == "autoencoder"
-               else "images = family.generate(8, torch.Generator().manual_seed(0))"))
+        return (f"import torch\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"{repo_id}\")\n"
+                f"images = pipe(batch_size=4, num_inference_steps=50).images  # PIL images\n"
+                f"{load}\nimages = family.generate(4, torch.Generator().manual_seed(0), scheduler=\"dpm++\", steps=25)  # any scheduler")
+    if family == "diffusion":  # the pipeline class travels with the run as pipeline.py
+        call = "class_labels=[0, 1, 2, 3], guidance_scale=2.0" if conditional else "batch_size=4"
+        return (f"from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained(\"{repo_id}\", trust_remote_code=True)\n"
+                f"images = pipe({call}, num_inference_steps=25).images")
+    module, _, name = LOADERS.get(family, "genkit.runs:").partition(":")
+    if family == "autoencoder":
+        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+        name = "ConvAutoencoder" if "width" in config and "hidden_dims" not in config else "MLPAutoencoder"
+        shape = config.get("image_shape", [1, 28, 28])
+        return (f"import torch\nfrom {module} import {name}\n\nmodel = {name}.from_pretrained(\"{repo_id}\").eval()\n"
+                f"x = torch.rand(4, {', '.join(map(str, shape))})  # images in [0, 1]\nreconstructions = model.reconstruct(x)")
+    if family == "gan":
+        labels = ", torch.arange(8) % generator.num_classes" if conditional else ""
+        return (f"import torch\nfrom {module} import {name}\n\ngenerator = {name}.from_pretrained(\"{repo_id}\").eval()\n"
+                f"z = torch.randn(8, generator.latent_dim)\nimages = (generator(z{labels}) + 1) / 2  # in [0, 1]")
+    if family in ("vae", "rbm"):
+        return (f"import torch\nfrom {module} import {name}\n\nmodel = {name}.from_pretrained(\"{repo_id}\")  # the module alone{load}\n"
+                f"images = family.generate(8, torch.Generator().manual_seed(0))")
+    return f"import torch{load}"
 
 
-def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path) -> list[str]:
+def source_file(run_dir: Path, rel: str) -> Path:
+    """run_dir/rel, refused when it or a folder on its way is a symbolic link or resolves outside the run (it could point anywhere)."""
+    path = run_dir / rel
+    for part in [path, *path.relative_to(run_dir).parents]:
+        link = run_dir / part
+        if link != run_dir and link.is_symlink():
+            raise ConfigError(f"{rel} in {run_dir} is a symbolic link ({link.relative_to(run_dir)}); genkit publishes no links: copy the file in")
+    if not path.resolve().is_relative_to(run_dir.resolve()) or not path.is_file():
+        raise ConfigError(f"{rel} in {run_dir} is not a regular file inside the run; refusing to publish it")
+    return path
+
+
+def write_atomically(folder: str | Path, purpose: str, fill: Callable[[Path], Any]) -> Any:
+    """Run fill(staging) in a fresh sibling of `folder`, then rename it into place: a failure leaves no partial folder and names the file."""
+    folder = Path(folder)
+    require_empty(folder, purpose)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))  # same disk: the rename is atomic
+    try:
+        result = fill(staging)
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        staging.rename(folder)
+        return result
+    except OSError as err:
+        name = Path(err.filename) if err.filename else None
+        if name is not None and name.is_relative_to(staging):
+            name = folder / name.relative_to(staging)
+        raise ConfigError(f"cannot write {folder}: {err.strerror or err}{f' ({name})' if name else ''}; nothing was written") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path, card: bool = True) -> list[str]:
     """Write into `folder` exactly what would be uploaded; return the relative paths."""
-    run_dir, folder = Path(run_dir), Path(folder)
+    run_dir = Path(run_dir)
+    check_repo_id(repo_id)
     if not (run_dir / "training_config.json").is_file():
         raise ConfigError(f"{run_dir} is not a genkit run directory (no training_config.json)")
-    require_empty(folder, "for the dry run")
     config = TrainConfig.load(run_dir)
     check_finished(run_dir, config)
-    for rel in export_files(run_dir, config.family):  # an allow-list: nothing else in the folder can leak
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(run_dir / rel, folder / rel)
-    portable_config(config).save(folder / "training_config.json")
-    (folder / "README.md").write_text(model_card(run_dir, repo_id))
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    names = export_files(run_dir, config.family)  # an allow-list: nothing else in the folder can leak
+    sources = {rel: source_file(run_dir, rel) for rel in names}  # every file checked before anything is written
+    sources.update({rel: sources[of] for rel, of in ROOT_COPIES.get(config.family, {}).items() if of in sources})
+
+    def fill(staging: Path) -> list[str]:
+        for rel, source in sources.items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / rel, follow_symlinks=False)
+        portable_config(config).save(staging / "training_config.json")
+        if card:
+            (staging / "README.md").write_text(model_card(run_dir, repo_id))
+        return sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+
+    return write_atomically(folder, "for the dry run", fill)
 
 
 def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
@@ -108,81 +224,175 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
 
     check_repo_id(repo_id)
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp) / "upload"
         prepare_upload(run_dir, repo_id, staging)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=staging, repo_id=repo_id, repo_type="model",
+        info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message or f"Upload genkit run {Path(run_dir).name}")
-    return str(getattr(info, "commit_url", info))
+    url = str(getattr(info, "commit_url", info))
+    try:  # fine-tunes of this run cite it as base_model; a read-only run folder only loses that
+        (Path(run_dir) / HUB_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit_url": url}, indent=2) + "\n")
+    except OSError:
+        pass
+    return url
 
 
 def require_empty(folder: Path, purpose: str) -> None:
     """Refuse to write into a folder that already holds something (nothing there is overwritten or mixed in)."""
-    if folder.exists() and any(folder.iterdir()):
+    folder = Path(folder)
+    if folder.is_symlink() or folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ConfigError(f"{folder} already exists and is not empty; choose an empty folder {purpose}")
 
 
-def check_repo_id(repo_id: str) -> None:
-    """Refuse anything but a plain owner/name (no paths, no URLs)."""
-    if not HUB_ID.match(repo_id):
-        raise ConfigError(f"repo id must look like owner/name (letters, digits, '-', '_', '.'), got {repo_id!r}")
+def valid_repo_id(repo_id: Any) -> bool:
+    """A plain owner/name: huggingface_hub's rules, no paths, URLs, whitespace or control characters."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or not HUB_ID.fullmatch(repo_id) or any(c.isspace() or not c.isprintable() for c in repo_id):
+        return False
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_repo_id(repo_id: str, what: str = "repo id") -> None:
+    """Refuse anything but a plain owner/name (no paths, no URLs, no whitespace)."""
+    if not valid_repo_id(repo_id):
+        raise ConfigError(f"{what} must look like owner/name (letters, digits, '-', '_', '.'), got {repo_id!r}")
 
 
 # ---- Spaces -----------------------------------------------------------------------------------------------
 
 SPACE_APP = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # CPU-only torch wheels (no CUDA libraries) for a CPU Space
+SDK_PROVIDED = {"gradio"}  # installed by the Space's SDK at the card's sdk_version
 
 
-def space_requirements() -> list[str]:
-    """genkit's own dependencies, for the Space's requirements.txt (gradio comes with the Space's SDK)."""
-    required = importlib.metadata.requires("genkit") or []
-    return [r for r in required if "extra ==" not in r and not re.match(r"^gradio\b", r)]
+def app_imports(app: Path = SPACE_APP) -> set[str]:
+    """Top-level third-party modules the app imports when it loads, following its genkit imports (and every family it may load)."""
+    package = Path(__file__).resolve().parent
+    todo = [app, *sorted((package / "families").glob("*.py"))]  # families are imported by name when a model loads
+    seen: set[Path] = set()
+    found: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        tree = ast.parse(path.read_text())
+        at_import_time = {id(node) for node in _outside_functions(tree)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names, level = [a.name for a in node.names], 0
+            elif isinstance(node, ast.ImportFrom):
+                names, level = [node.module or "", *(f"{node.module or ''}.{a.name}".lstrip(".") for a in node.names)], node.level
+            else:
+                continue
+            for name in names:
+                if level or name.split(".")[0] == "genkit":  # genkit's own modules: followed, wherever the import is
+                    base = path.parents[level - 1] if level else package.parent
+                    target = base.joinpath(*[part for part in name.split(".") if part])
+                    todo += [target.with_suffix(".py"), target / "__init__.py"]
+                elif id(node) in at_import_time:  # third-party imports inside functions (plots, analysis) are not needed to serve
+                    found.add(name.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"genkit", "__future__"}
 
 
-def space_card(repo_id: str, models: list[str], allow_hub: bool) -> str:
-    """README.md of the Space: front matter the Hub reads, then what the Space does and which models it serves."""
+def _outside_functions(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node run when the module is imported: all but the bodies of functions."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield child
+            yield from _outside_functions(child)
+
+
+def space_requirements(cpu: bool = True) -> list[str]:
+    """requirements.txt of the Space: what the app imports, pinned to the versions installed here (the ones it was tested with)."""
+    by_module = importlib.metadata.packages_distributions()
+    dists = sorted({dist for module in app_imports() for dist in by_module.get(module, [module])} - SDK_PROVIDED, key=str.lower)
+    lines = [f"--extra-index-url {CPU_TORCH_INDEX}"] if cpu else []
+    for dist in dists:
+        version = importlib.metadata.version(dist)
+        if dist == "torch":
+            version = version.split("+")[0] + ("+cpu" if cpu else "")  # the CPU build: no CUDA libraries to download
+        lines.append(f"{dist}=={version}")
+    return lines
+
+
+def space_card(repo_id: str, models: list[str], allow_hub: bool, cpu: bool = True) -> str:
+    """README.md of the Space: front matter the Hub reads, then what the Space does, which models it serves and how it installs."""
     import gradio
 
+    hub_models = [m for m in models if "=" not in m]
     meta = {"title": repo_id.split("/")[-1], "emoji": "🎨", "colorFrom": "indigo", "colorTo": "gray", "sdk": "gradio",
             "sdk_version": gradio.__version__, "app_file": "app.py", "pinned": False, "license": "apache-2.0"}
-    if models:
-        meta["models"] = list(models)
-    served = "\n".join(f"- [{m}](https://huggingface.co/{m})" for m in models) or "- (none listed)"
+    if hub_models:
+        meta["models"] = hub_models
+    served = "\n".join(f"- [{m}](https://huggingface.co/{m})" if "=" not in m else f"- `{m.partition('=')[0]}` (bundled in `models/`)"
+                       for m in models) or "- (none listed)"
     hub = "Visitors may also enter the Hub id of any public genkit model, within the limits in `genkit/safe_load.py`." if allow_hub else \
         "Only the models above are served."
+    torch_line = (f"`requirements.txt` pins every package the app imports to the version it was built and tested with. torch is the CPU "
+                  f"build (`+cpu`, from `--extra-index-url {CPU_TORCH_INDEX}`): a CPU Space needs none of the CUDA libraries of PyPI's "
+                  f"default torch wheel. On GPU hardware, rebuild with `genkit space --gpu` (PyPI's CUDA torch, no extra index).") if cpu else \
+        "`requirements.txt` pins every package the app imports to the version it was built and tested with; torch is PyPI's CUDA build (GPU hardware)."
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n# {meta['title']}\n\n"
-            f"Sample, denoise and explore the latents of genkit models, made with `genkit space`.\n\n## Models\n\n{served}\n\n{hub}\n")
+            f"Sample, denoise and explore the latents of genkit models, made with `genkit space`.\n\n## Models\n\n{served}\n\n{hub}\n\n"
+            f"## Install\n\n{torch_line} The `genkit/` package beside `app.py` is the genkit code the Space runs; elsewhere install genkit "
+            f"with `{INSTALL.split('  #')[0]}` (not `pip install genkit`, an unrelated project).\n")
 
 
-def prepare_space(repo_id: str, models: list[str], folder: str | Path, allow_hub: bool = True) -> list[str]:
-    """Write into `folder` the exact Space: app, the genkit package it imports, requirements, card and model list."""
-    folder = Path(folder)
+def bundle_name(run_dir: Path) -> str:
+    """The name a local run is served under in a Space (its folder name, made a safe single path component)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(run_dir).resolve().name).strip(".-") or "model"
+    return name[:96]
+
+
+def prepare_space(repo_id: str, models: list[str], folder: str | Path, allow_hub: bool = True, cpu: bool = True) -> list[str]:
+    """Write into `folder` the exact Space: app, the genkit package it imports, requirements, card, model list and bundled local runs."""
     check_repo_id(repo_id)
+    local = {}
     for model in models:
-        if not HUB_ID.match(model):
-            raise ConfigError(f"--model must be a Hub model id owner/name, got {model!r}")
+        if Path(model).expanduser().is_dir():  # a local run travels inside the Space, with the push's allow-list and checks
+            name = bundle_name(Path(model).expanduser())
+            if name in local:
+                raise ConfigError(f"two --model runs would be bundled as models/{name}; rename one of the folders")
+            local[name] = Path(model).expanduser()
+        else:
+            check_repo_id(model, "--model (a Hub model id or a local run directory)")
     if not SPACE_APP.is_file():
         raise ConfigError(f"the Gradio app is not installed next to genkit ({SPACE_APP}); run `genkit space` from a source checkout")
-    require_empty(folder, "for the Space")
-    package = Path(__file__).resolve().parent
-    for source in sorted(package.rglob("*.py")):  # the Space imports genkit from here: no index or git URL needed
-        target = folder / "genkit" / source.relative_to(package)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-    shutil.copy2(SPACE_APP, folder / "app.py")
-    (folder / "requirements.txt").write_text("\n".join(space_requirements()) + "\n")
-    (folder / "space.json").write_text(json.dumps({"models": list(models), "allow_hub": allow_hub}, indent=2) + "\n")
-    (folder / "README.md").write_text(space_card(repo_id, models, allow_hub))
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    listed = [f"{bundle_name(Path(m).expanduser())}=models/{bundle_name(Path(m).expanduser())}" if Path(m).expanduser().is_dir() else m for m in models]
+
+    def fill(staging: Path) -> list[str]:
+        for name, run_dir in local.items():
+            prepare_upload(run_dir, f"local/{name}", staging / "models" / name, card=False)
+        package = Path(__file__).resolve().parent
+        for source in sorted(package.rglob("*.py")):  # the Space imports genkit from here: no index or git URL needed
+            target = staging / "genkit" / source.relative_to(package)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        shutil.copyfile(SPACE_APP, staging / "app.py")
+        (staging / "requirements.txt").write_text("\n".join(space_requirements(cpu)) + "\n")
+        (staging / "space.json").write_text(json.dumps({"models": listed, "allow_hub": allow_hub}, indent=2) + "\n")
+        (staging / "README.md").write_text(space_card(repo_id, listed, allow_hub, cpu))
+        return sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+
+    return write_atomically(folder, "for the Space", fill)
 
 
-def push_space(repo_id: str, models: list[str], allow_hub: bool = True, private: bool = False, token: str | None = None) -> str:
+def push_space(repo_id: str, models: list[str], allow_hub: bool = True, private: bool = False, token: str | None = None, cpu: bool = True) -> str:
     """Create (or reuse) the Gradio Space and upload the folder `prepare_space` writes; returns the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as staging:
-        prepare_space(repo_id, models, staging, allow_hub)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp) / "space"
+        prepare_space(repo_id, models, staging, allow_hub, cpu)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="space", space_sdk="gradio")
-        info = api.upload_folder(folder_path=staging, repo_id=repo_id, repo_type="space", commit_message="Upload genkit Space")
+        info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, repo_type="space", commit_message="Upload genkit Space")
     return str(getattr(info, "commit_url", info))

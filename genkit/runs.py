@@ -17,7 +17,9 @@ from .families import FAMILIES, DataInfo, Family, get_family
 RUN_FILES = ["training_config.json", "data_info.json", "metrics.json", "eval_results.json", "samples.png", "loss_curve.png"]
 LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_files, what loading a run reads
 # what genkit itself writes into a run directory besides the exported models (cleared by --overwrite)
-GENERATED = [*RUN_FILES, "run.json", "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
+HUB_RECORD = "hub.json"  # written by `genkit push`: where the run was published (a fine-tune's card cites it as base_model)
+PIPELINE_CODE = "pipeline.py"  # conditional / latent diffusion: the pipeline class DiffusionPipeline loads with trust_remote_code=True
+GENERATED = [*RUN_FILES, "run.json", HUB_RECORD, "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
 
 
@@ -36,7 +38,7 @@ def run_id(run_dir: Path) -> str | None:
 
 def export_files(run_dir: Path, family: str) -> list[str]:
     """The run's publishable files that exist: run-level files plus the files the family's `save` writes."""
-    names = RUN_FILES + get_family(family).export_files()
+    names = {*RUN_FILES, *get_family(family).export_files(), *([PIPELINE_CODE] if family == "diffusion" else [])}
     return sorted(name for name in names if (Path(run_dir) / name).is_file())
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError
 from .families import Family
-from .hub import check_repo_id, require_empty
+from .hub import check_repo_id, source_file, write_atomically
 
 FORMATS = ("save_to_disk", "imagefolder", "parquet")
 INFO_FILE = "genkit_generation.json"
@@ -88,43 +87,42 @@ def export(family: Family, out: str | Path, n: int, fmt: str = "save_to_disk", s
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not 1 <= n <= MAX_IMAGES:
         raise ConfigError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
-    require_empty(out, "for the data set")
     plan_labels(family, 1, class_label)  # a wrong class label fails before any work
     info = generation_info(family, source, n, seed, class_label, options)
     names = family.info.class_names
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     batches = generate_batches(family, n, seed, batch_size, class_label, progress, **options)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".genkit-generate-", dir=out.parent))  # on the same disk as `out`
-    try:
+
+    def fill(data: Path) -> None:  # a sibling of `out`, renamed into place when complete: no half-written data set
         if fmt == "imagefolder":  # class sub-folders: datasets orders the classes by folder name
             folders = _folder_names(names)
             index = 0
             for images, labels in batches:
                 for image, label in zip(images, labels.tolist()):
-                    target = out / "train" / folders[label]
+                    target = data / "train" / folders[label]
                     target.mkdir(parents=True, exist_ok=True)
                     (target / f"{index:07d}.png").write_bytes(_png(image))
                     index += 1
         else:
             from datasets.arrow_writer import ArrowWriter
 
-            arrow = staging / "train.arrow"
-            with ArrowWriter(features=features, path=str(arrow)) as writer:  # rows go to disk as they come: no whole-set tensor
-                for images, labels in batches:
-                    for image, label in zip(images, labels.tolist()):
-                        writer.write(features.encode_example({"image": {"bytes": _png(image), "path": None}, "label": label}))
-                writer.finalize()
-            dataset = datasets.Dataset.from_file(str(arrow), info=datasets.DatasetInfo(description=json.dumps(info), features=features))
-            if fmt == "save_to_disk":
-                datasets.DatasetDict({"train": dataset}).save_to_disk(str(out))
-            else:
-                dataset.to_parquet(str(out / "train-00000-of-00001.parquet"))
-            del dataset
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    (out / "README.md").write_text(dataset_card(info, fmt))
+            with tempfile.TemporaryDirectory(prefix=".genkit-generate-", dir=data.parent) as scratch:  # same disk, outside the data set
+                arrow = Path(scratch) / "train.arrow"
+                with ArrowWriter(features=features, path=str(arrow)) as writer:  # rows go to disk as they come: no whole-set tensor
+                    for images, labels in batches:
+                        for image, label in zip(images, labels.tolist()):
+                            writer.write(features.encode_example({"image": {"bytes": _png(image), "path": None}, "label": label}))
+                    writer.finalize()
+                dataset = datasets.Dataset.from_file(str(arrow), info=datasets.DatasetInfo(description=json.dumps(info), features=features))
+                if fmt == "save_to_disk":
+                    datasets.DatasetDict({"train": dataset}).save_to_disk(str(data))
+                else:
+                    dataset.to_parquet(str(data / "train-00000-of-00001.parquet"))
+                del dataset
+        (data / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (data / "README.md").write_text(dataset_card(info, fmt))
+
+    write_atomically(out, "for the data set", fill)
     return info
 
 
@@ -168,6 +166,9 @@ def push_dataset(folder: str | Path, repo_id: str, private: bool = False, token:
     check_repo_id(repo_id)
     if not list(folder.glob("train-*.parquet")):
         raise ConfigError(f"{folder} holds no parquet export: generate with --format parquet to push to the Hub")
+    for path in [*folder.glob("train-*.parquet"), folder / "README.md", folder / INFO_FILE]:
+        if path.exists() or path.is_symlink():
+            source_file(folder, path.name)  # no symbolic link is followed into the upload
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="dataset")
     info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",

@@ -1,6 +1,7 @@
 """Synthetic data sets (export, load, train on, push), the Classification Accuracy Score, and ICA / SOM analysis."""
 
 import json
+import re
 
 import datasets
 import numpy as np
@@ -73,6 +74,33 @@ def test_generation_is_seeded_and_one_class_can_be_asked_for(cgan, tmp_path):
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
+@pytest.mark.parametrize("fmt", ["imagefolder", "save_to_disk"])
+def test_a_failed_export_leaves_no_partial_folder_and_names_the_file(cgan, tmp_path, fmt, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    real, written = Path.write_bytes, []
+
+    def disk_fills_up(self, data):  # the fourth image does not fit
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        written.append(self)
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_fills_up)
+    if fmt == "save_to_disk":  # the data set is complete, then saving it fails
+        monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", lambda self, path, **kw: (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "train" / "data-00000-of-00001.arrow"))))
+    assert main(["generate", str(cgan), "--n", "12", "--out", str(tmp_path / "out"), "--format", fmt, "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err
+    if fmt == "imagefolder":  # the file named where it would have been, in the requested folder
+        assert re.search(re.escape(str(tmp_path / "out" / "train")) + r"/[^/]+/0000003\.png", err), err
+    else:
+        assert str(tmp_path / "out" / "train" / "data-00000-of-00001.arrow") in err, err
+    assert list(tmp_path.iterdir()) == []  # no half-written folder, no staging left behind
+
+
 def test_large_sets_stream_batch_by_batch(cgan):
     from genkit.synthetic import generate_batches
 
@@ -103,6 +131,18 @@ def test_push_dataset_offline(cgan, tmp_path, monkeypatch, capsys):
     assert meta["configs"][0]["data_files"][0]["path"] == "train-*.parquet"
     assert meta["dataset_info"]["features"][1]["dtype"]["class_label"]["names"][0] == "T-shirt/top"
     assert main(["generate", str(cgan), "--n", "5", "--out", str(tmp_path / "x"), "--format", "imagefolder", "--push-to-hub", "a/b"]) == 2
+
+
+def test_push_dataset_refuses_symlinks(tmp_path, monkeypatch):
+    from genkit.config import ConfigError
+    from genkit.synthetic import push_dataset
+
+    hub = Recorder(monkeypatch)
+    (tmp_path / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    (tmp_path / "README.md").symlink_to("/etc/passwd")
+    with pytest.raises(ConfigError, match="README.md"):
+        push_dataset(tmp_path, "someone/data")
+    assert hub.calls == []
 
 
 def test_classification_accuracy_score_on_a_tiny_run(cgan):

@@ -159,7 +159,7 @@ class Family:
         """Export the trained models (weights as safetensors plus their config) into `directory`."""
         directory = Path(directory)
         for part, model in self.models.items():
-            unwrap(model).save_pretrained(directory if len(self.models) == 1 else directory / part)
+            save_without_card(unwrap(model), directory if len(self.models) == 1 else directory / part)
 
     @classmethod
     def required_files(cls) -> list[str]:
@@ -178,3 +178,12 @@ class Family:
         directory = Path(directory)
         single = len(cls.model_classes) == 1
         return {part: klass.from_pretrained(str(directory if single else directory / part)) for part, klass in cls.model_classes.items()}
+
+
+def save_without_card(model: nn.Module, directory: str | Path) -> None:
+    """`save_pretrained` of a hub-mixin model, minus the placeholder README.md the mixin writes ("[More Information Needed]")."""
+    card = Path(directory) / "README.md"
+    existed = card.exists()
+    model.save_pretrained(directory)
+    if not existed and card.exists():  # `genkit push` writes the real card; a README that was already there stays
+        card.unlink()

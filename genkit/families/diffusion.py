@@ -17,7 +17,7 @@ from diffusers.training_utils import compute_snr
 from ..config import ConfigError, TrainConfig
 from ..pipelines import GenkitDiffusionPipeline
 from ..sampling import SCHEDULERS, X0Handling, make_scheduler, sample
-from .base import Family, unwrap
+from .base import Family, save_without_card, unwrap
 
 # channels per resolution level; every preset has 3 levels, so 28x28 (28 -> 14 -> 7) and 32x32 both work
 PRESETS = {
@@ -232,7 +232,7 @@ class DiffusionFamily(Family):
         """Export the pipeline (and, for latent diffusion, its autoencoder) into `directory`."""
         unet = unwrap(self.models["unet"])
         if self.autoencoder is not None:  # the decoder travels with the run, so it samples without the original folder
-            self.autoencoder.save_pretrained(Path(directory) / "autoencoder")
+            save_without_card(self.autoencoder, Path(directory) / "autoencoder")
         if self.conditional or self.autoencoder is not None:
             id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
             GenkitDiffusionPipeline(unet, self.noise_scheduler, id2label).save_pretrained(directory)
