@@ -302,7 +302,8 @@ def freeze_all_but_last(model: nn.Module, n: int) -> list[str]:
 def _init_from(family_cls: type[Family], source: str) -> dict[str, nn.Module]:
     path = Path(source)
     try:
-        return family_cls.load_models(path if path.exists() else source)
+        with runs.quiet_loading():
+            return family_cls.load_models(path if path.exists() else source)
     except Exception as err:
         raise ConfigError(f"init_from={source!r}: cannot load {family_cls.name} weights from it ({type(err).__name__}: {err})") from None
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
+import sys
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -19,6 +23,7 @@ LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_
 # what genkit itself writes into a run directory besides the exported models (cleared by --overwrite)
 GENERATED = [*RUN_FILES, "run.json", "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
+HUB_MIXIN_CHATTER = "Loading weights from local directory\n"  # a bare print() in huggingface_hub's PyTorchModelHubMixin
 
 
 def new_run_id(run_dir: Path) -> str:
@@ -114,7 +119,8 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
     config = TrainConfig.load(path)
     check_finished(path, config)
     cls = get_family(config.family)
-    models = cls.load_models(path)
+    with quiet_loading():
+        models = cls.load_models(path)
     for model in models.values():
         model.to(device).eval()
     return cls(config, DataInfo.load(path), models)
@@ -123,3 +129,14 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
 def load_family(source: str, device: str | torch.device = "cpu") -> Family:
     """The trained family of a run directory or Hub repo id, models in eval mode on `device`."""
     return load_run(resolve(source), device)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Drop huggingface_hub's "Loading weights from local directory" line (a print, not a log); other output passes."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        sys.stdout.write(buffer.getvalue().replace(HUB_MIXIN_CHATTER, ""))
