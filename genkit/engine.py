@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import math
 import shutil
@@ -217,9 +216,9 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     if accelerator.is_main_process:
         try:
             with ema_weights(ema, family):
-                family.save(run_dir)
-            (run_dir / "metrics.json").write_text(json.dumps({"final": summary, "history": state["history"]}, indent=2) + "\n")
+                runs.save_export(family, run_dir)  # temp folder, then each file renamed into place
             save_loss_curve(state["history"], run_dir / "loss_curve.png")
+            runs.finish(run_dir, {"final": summary, "history": state["history"]})  # last: only now is the run finished
         except OSError as err:
             raise RunDirError(f"cannot write the trained model into {run_dir}: {_os_reason(err)}. The checkpoints are intact: "
                               "free some space, then `--resume latest` exports the model without training further") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import sys
 import uuid
@@ -23,6 +24,8 @@ LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_
 # what genkit itself writes into a run directory besides the exported models (cleared by --overwrite)
 GENERATED = [*RUN_FILES, "run.json", "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
+FINISHED_MARKER = "metrics.json"  # written last by a training: a run directory with a run id but without it has not finished
+EXPORT_TMP = ".tmp-export"
 HUB_MIXIN_CHATTER = "Loading weights from local directory\n"  # a bare print() in huggingface_hub's PyTorchModelHubMixin
 
 
@@ -70,9 +73,12 @@ def clear_outputs(run_dir: Path) -> list[str]:
 
 
 def check_finished(path: Path, config: TrainConfig) -> None:
-    """A run directory whose training has not ended (killed, interrupted, still running) says how to resume it."""
+    """A run directory whose training has not ended (killed, interrupted, still running) says how to resume it; its weights must parse."""
     missing = [name for name in get_family(config.family).required_files() if not (path / name).is_file()]
+    if (path / RUN_ID_FILE).is_file() and not (path / FINISHED_MARKER).is_file():  # trained here (not a Hub snapshot) but not to the end
+        missing.append(FINISHED_MARKER)
     if not missing:
+        verify_weights(path, config.family)
         return
     found = ckpt.list_checkpoints(path)
     if found:
@@ -80,6 +86,53 @@ def check_finished(path: Path, config: TrainConfig) -> None:
         raise ConfigError(f"{path} has not finished training (last checkpoint: step {step}); resume it with "
                           f"`genkit train --config {path / 'training_config.json'} --resume latest`")
     raise ConfigError(f"{path} holds no trained model (missing {', '.join(missing)}): has the run finished?")
+
+
+def save_export(family: Family, run_dir: Path) -> None:
+    """Export the models into a temp folder, then move each file into place: a kill never leaves half a file.
+
+    The finished marker goes first, so until `finish` writes it again the run reads as unfinished (resumable), never as
+    a mix of old and new files that passes for a finished run.
+    """
+    (run_dir / FINISHED_MARKER).unlink(missing_ok=True)
+    tmp = run_dir / EXPORT_TMP
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    family.save(tmp)
+    ckpt.usual_permissions(tmp)
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        target = run_dir / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(tmp)
+    verify_weights(run_dir, family.name)
+
+
+def finish(run_dir: Path, metrics: dict) -> None:
+    """Write metrics.json (atomically), the last file of a training: from then on the run counts as finished."""
+    tmp = run_dir / f".tmp-{FINISHED_MARKER}"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, run_dir / FINISHED_MARKER)
+
+
+def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> None:
+    """Every exported safetensors file of the run parses whole; with `models`, each holds exactly one model's tensors."""
+    signatures = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (models or {}).values()]
+    for name in get_family(family).export_files():
+        path = Path(run_dir) / name
+        if not name.endswith(".safetensors") or not path.is_file():
+            continue
+        try:
+            header = ckpt.check_safetensors(path)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path} is damaged ({err}); it can be neither loaded nor published. "
+                              "If the run's checkpoints are intact, `--resume latest` exports the model again") from None
+        tensors = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        if signatures and tensors not in signatures:
+            closest = max(signatures, key=lambda sig: len(sig.keys() & tensors.keys()))
+            wrong = sorted(k for k in closest.keys() & tensors.keys() if closest[k] != tensors[k])
+            raise ConfigError(f"{path} does not match its model (config.json): missing {sorted(closest.keys() - tensors.keys())[:5]}, "
+                              f"unexpected {sorted(tensors.keys() - closest.keys())[:5]}, other shapes {wrong[:5]}")
 
 
 def resolve(source: str) -> Path:
@@ -121,6 +174,7 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
     cls = get_family(config.family)
     with quiet_loading():
         models = cls.load_models(path)
+    verify_weights(path, config.family, models)
     for model in models.values():
         model.to(device).eval()
     return cls(config, DataInfo.load(path), models)
