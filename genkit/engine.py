@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -42,6 +43,9 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_e
                      "compile", "channels_last", "allow_tf32", "fused_optimizer", "data.storage", "data.decode_workers"}
 
 
+LOCK_FILE = ".lock"  # flocked by the running trainer
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -52,6 +56,11 @@ class RunDirError(ValueError):
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
+    with run_lock(Path(config.output_dir)):  # one trainer per run directory
+        return _train(config, resume, overwrite)
+
+
+def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str, Any]:
     config.validate()
     config.data.resolve_paths()
     family_cls = get_family(config.family)
@@ -361,6 +370,36 @@ def _check_writable(run_dir: Path) -> None:
             pass
     except OSError as err:
         raise RunDirError(f"cannot write into output_dir {run_dir}: {_os_reason(err)}") from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on RUN/.lock (the main process only) while the block runs; a second trainer is refused.
+
+    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: trainings are not locked
+        fcntl = None
+    handle = None
+    if fcntl is not None and os.environ.get("RANK", "0") == "0":  # one lock per run, not one per process
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(run_dir / LOCK_FILE, "a")
+        except OSError:  # an unwritable directory: _check_writable says why
+            handle = None
+    try:
+        if handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
+                                  "wait for it to end, or train into another output_dir") from None
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the lock
 
 
 def _os_reason(err: OSError) -> str:

@@ -340,3 +340,27 @@ def test_a_kill_during_or_after_the_export_leaves_a_resumable_run(tiny_idx, tmp_
     monkeypatch.undo()
     assert train(tiny_config(tiny_idx, run, max_steps=8), resume="latest")["step"] == 8
     assert not (run / runs.EXPORT_TMP).exists() and json.loads((run / "metrics.json").read_text())["final"]["step"] == 8
+
+
+def test_a_second_trainer_on_the_same_run_is_refused_and_a_killed_ones_lock_is_gone(tiny_idx, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from genkit.cli import main
+    from genkit.engine import LOCK_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+              "print('locked', flush=True); time.sleep(120)")  # stands for a trainer that is running
+    other = subprocess.Popen([sys.executable, "-c", holder, str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        tiny_config(tiny_idx, run, max_steps=2).save(tmp_path / "c.yaml")
+        assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+        assert f"{run} is in use by another genkit train" in capsys.readouterr().err
+        assert not (run / "training_config.json").exists()  # refused before writing anything
+    finally:
+        other.kill()  # as a kill -9: the kernel drops its lock
+        other.wait()
+    assert train(tiny_config(tiny_idx, run, max_steps=2))["step"] == 2
