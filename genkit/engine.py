@@ -56,6 +56,7 @@ class RunDirError(ValueError):
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
+    config.validate()  # a bad config creates no output directory
     with run_lock(Path(config.output_dir)):  # one trainer per run directory
         return _train(config, resume, overwrite)
 
@@ -389,13 +390,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             handle = open(run_dir / LOCK_FILE, "a")
         except OSError:  # an unwritable directory: _check_writable says why
             handle = None
+    if handle is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
+                              "wait for it to end, or train into another output_dir") from None
     try:
-        if handle is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
-                                  "wait for it to end, or train into another output_dir") from None
         yield
     finally:
         if handle is not None:

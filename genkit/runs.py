@@ -25,7 +25,8 @@ LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_
 GENERATED = [*RUN_FILES, "run.json", "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
 FINISHED_MARKER = "metrics.json"  # written last by a training: a run directory with a run id but without it has not finished
-EXPORT_TMP = ".tmp-export"
+EXPORT_TMP = ".tmp-export"  # what a kill during the export leaves (--overwrite removes it too)
+GENERATED += [EXPORT_TMP, f".tmp-{FINISHED_MARKER}"]
 HUB_MIXIN_CHATTER = "Loading weights from local directory\n"  # a bare print() in huggingface_hub's PyTorchModelHubMixin
 
 

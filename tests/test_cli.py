@@ -48,8 +48,10 @@ def test_bad_config_and_data_errors_are_readable(tmp_path, tiny_idx, capsys, mon
     assert_clean_error(cmd("sample", str(tmp_path / "ae")), "does not generate new images")
     assert_clean_error(cmd("analyze", str(tmp_path / "nowhere")), "neither an existing run directory nor a Hub repo id")
     # and as a real process: one line of error, no traceback
-    result = run("train", "--config", str(CONFIG), "--set", "batch_size=0", cwd=tmp_path)
+    (tmp_path / "fresh").mkdir()
+    result = run("train", "--config", str(CONFIG), "--set", "batch_size=0", cwd=tmp_path / "fresh")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "batch_size must be >= 1" in result.stderr
+    assert not any((tmp_path / "fresh").iterdir())  # no output directory for a config that is refused
 
 
 def test_accelerate_launch_entry_point(tmp_path, tiny_idx):
