@@ -1,8 +1,10 @@
-"""Checkpoints named by step, written atomically (temp folder + rename) and pruned to the last N."""
+"""Checkpoints named by step, written atomically (temp folder + rename), checked before a resume, pruned to the last N."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -31,16 +33,96 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def resolve_resume(run_dir: str | Path, resume: str) -> Path:
-    """`latest` -> the newest complete checkpoint; otherwise a checkpoint path that must be complete."""
-    if resume == "latest":
-        found = list_checkpoints(run_dir)
-        if not found:
-            raise CheckpointError(f"--resume latest: no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
-        return found[-1]
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"--resume {resume}: not a complete genkit checkpoint (no {STATE_FILE})")
-    return path
+    """`latest` -> the newest complete checkpoint; otherwise a checkpoint path that must be complete. Either must load."""
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise CheckpointError(f"--resume {resume}: not a complete genkit checkpoint (no {STATE_FILE})")
+        damage = damaged_file(path)
+        if damage:
+            raise CheckpointError(f"--resume {resume}: the checkpoint is damaged: {damage}; resume from another one")
+        return path
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"--resume latest: no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
+    damage = damaged_file(found[-1])
+    if damage:  # refused rather than skipped: resuming an older step silently would redo (and hide) lost training
+        intact = next((p for p in reversed(found[:-1]) if damaged_file(p) is None), None)
+        advice = (f"{intact} is intact: continue from it with `genkit train --config {Path(run_dir) / 'training_config.json'} --resume {intact}`"
+                  if intact else "no earlier checkpoint is intact; start again with --overwrite")
+        raise CheckpointError(f"--resume latest: the latest checkpoint {found[-1]} is damaged: {damage}. {advice}")
+    return found[-1]
+
+
+def damaged_file(checkpoint: Path) -> str | None:
+    """The first file of `checkpoint` that does not load, with the reason; None when every file loads."""
+    for path in sorted(p for p in Path(checkpoint).iterdir() if p.is_file()):
+        try:
+            if path.suffix == ".safetensors":
+                check_safetensors(path)
+            elif path.name.startswith("random_states"):
+                check_rng_state(path)
+            elif path.suffix in (".bin", ".pkl"):
+                _torch_load(path, weights_only=not path.name.startswith("custom_checkpoint"))  # as accelerate loads them
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except pickle.UnpicklingError:
+            return f"{path.name} ({'empty file' if path.stat().st_size == 0 else 'unreadable: not a torch file'})"
+        except Exception as err:
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            return f"{path.name} ({'empty file' if path.stat().st_size == 0 else reason})"
+    return None
+
+
+def check_safetensors(path: Path) -> dict[str, Any]:
+    """The header of a whole safetensors file; ValueError unless it parses and the data is as long as it declares."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise ValueError(f"truncated: {size} bytes, no complete safetensors header")
+        header = json.loads(f.read(length))
+    try:
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError):
+        raise ValueError("the header is not a safetensors header") from None
+    if 8 + length + end != size:
+        raise ValueError(f"truncated: {size} bytes, its header describes {8 + length + end}")
+    return header
+
+
+def check_rng_state(path: Path) -> None:
+    """Raise unless `path` holds RNG states that Python, NumPy and torch accept (accelerate skips bad ones silently)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = _torch_load(path, weights_only=True)
+    try:  # set into fresh generators: the process's own are untouched
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+        if not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in states.get("torch_cuda_manual_seed", [])):
+            raise ValueError("a CUDA state is not a byte tensor")
+    except Exception as err:
+        raise ValueError(f"not a valid RNG state: {type(err).__name__}: {err}") from None
+
+
+def _torch_load(path: Path, weights_only: bool):
+    from accelerate.utils.other import load  # accelerate's own loader: the same allow-list of numpy types
+
+    return load(path, map_location="cpu", weights_only=weights_only)
+
+
+def usual_permissions(root: Path) -> None:
+    """Give every file under `root` the mode a plain open() would (0644 under umask 022); safetensors writes 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [root] if root.is_file() else root.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def check_belongs(checkpoint: Path, state: dict[str, Any], run_id: str | None) -> None:
@@ -65,6 +147,7 @@ def clear(tmp: Path) -> None:
 def finalize(tmp: Path, run_dir: str | Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Write the trainer state, move the checkpoint into place and drop the oldest beyond `keep_last`."""
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    usual_permissions(tmp)
     final = checkpoint_dir(run_dir, step)
     if final.exists():
         shutil.rmtree(final)

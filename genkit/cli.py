@@ -1,19 +1,22 @@
-"""`genkit` command line: train, reconstruct (and the commands of each family)."""
+"""`genkit` command line: train, reconstruct (and the commands of each family).
+
+Only the standard library and the config are imported here: `genkit --help` and argument errors never wait for torch,
+datasets or diffusers; each command imports what it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
-from .data import DataSourceError
-from .runs import check_device, default_device
 
-USER_ERRORS = (ConfigError, DataSourceError, CheckpointError, FileNotFoundError)
 MAX_GRID_IMAGES = 1024  # `genkit sample` writes one grid; more images than this is no longer a picture
+MAX_STEPS = 10_000  # inference steps: far past where any scheduler stops improving, and still minutes, not days
+DEVICE_HELP = "cuda, cpu, cuda:1, ... (default: cuda when available)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("--config", required=True, help="YAML/JSON config file (see training/configs/)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. data.subset=1000 max_steps=200")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. data.subset=1000 max_steps=200 (repeatable: every --set adds to the others)")
     p.add_argument("--output-dir", help="run directory (overrides output_dir)")
     p.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
     p.add_argument("--overwrite", action="store_true", help="train into an output_dir that already holds a run")
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: the run's)")
     p.add_argument("--out", default=None, help="grid PNG to write (default: RUN/reconstructions.png)")
-    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p = sub.add_parser("sample", help="generate images from a trained run; write a grid PNG")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--n", type=int, default=16, help="number of images")
@@ -45,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x0", default=None, choices=["clip", "dynamic", "none"],
                    help="diffusion: clip each predicted clean image, threshold it dynamically, or neither (default: the run's model.clip_sample)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="samples.png")
-    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--out", default=None, help="grid PNG to write (default: a new RUN/samples/sample-NNN.png)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
 
     p = sub.add_parser("generate", help="generate a labelled synthetic data set (datasets format) from a trained run")
     p.add_argument("run", help="run directory or Hub repo id")
@@ -64,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None, help="also upload it as a dataset repo (parquet)")
     p.add_argument("--private", action="store_true")
-    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
 
     p = sub.add_parser("eval", help="evaluate a trained run offline (FID/KID with a genkit classifier, ...)")
     p.add_argument("run", help="run directory or Hub repo id")
@@ -81,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-k", type=int, default=100, help="VAE: importance samples per image for the NLL (Burda et al. use 5000)")
     p.add_argument("--nll-images", default="1000", help="VAE: test images for the NLL, or 'all'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering ARI/NMI, PCA/t-SNE plot, PCA comparison")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-images", type=int, default=5000)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for the plot and analysis.json (default: the run directory)")
-    p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p = sub.add_parser("push", help="upload a run to the Hugging Face Hub (weights, configs, grid, model card)")
     p.add_argument("run", help="run directory")
     p.add_argument("--repo-id", required=True, help="owner/name on the Hub")
@@ -113,40 +117,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with the device default (cuda when available) filled in for commands that load a model."""
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "device") and args.device is None:  # resolved here, not in build_parser: finding it imports torch
+        from .runs import default_device
+
+        args.device = default_device()
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `genkit` command."""
-    args = build_parser().parse_args(argv)
-    from .engine import RunDirError, TrainingDiverged
-
+    args = parse_args(argv)
     try:
         if getattr(args, "device", None):
+            from .runs import check_device
+
             check_device(args.device)
         handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "generate": _generate, "analyze": _analyze,
                    "push": _push, "space": _space, "app": _app}[args.command]
         return handler(args)
-    except (*USER_ERRORS, RunDirError, TrainingDiverged, ValueError) as err:
-        print(f"genkit {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except OSError as err:  # a full or read-only disk, a file that vanished: the reason, not a traceback
         print(f"genkit {args.command}: error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C outside the training loop's own handler (loading, decoding): one line, the shell's code
         print(f"genkit {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        print(f"genkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that carry a message for the user (ConfigError, CheckpointError, DataSourceError, RunDirError are ValueErrors)."""
+    engine = sys.modules.get(f"{__package__}.engine")  # not imported: none of its errors can have been raised
+    return (ValueError, *((engine.TrainingDiverged,) if engine else ()))
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .engine import train
-
-    config = TrainConfig.load(args.config).with_overrides(args.overrides)
+    config = TrainConfig.load(args.config).with_overrides(args.overrides)  # config errors come before the heavy imports
     if args.output_dir:
         config.output_dir = args.output_dir
+    from .engine import train
+
     summary = train(config, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
+    run = Path(config.output_dir)
     if summary["stop_reason"] == "interrupted":
         print(f"genkit train: interrupted at step {summary['step']}; checkpoint saved. Continue with: genkit train --config "
-              f"{Path(config.output_dir) / 'training_config.json'} --resume latest", file=sys.stderr)
+              f"{run / 'training_config.json'} --resume latest", file=sys.stderr)
         return 130  # the shell's code for Ctrl-C
+    uses = {"autoencoder": ["reconstruct"], "vae": ["reconstruct", "sample"], "rbm": ["reconstruct", "sample"], "classifier": []}
+    steps = [f"genkit {use} {run}" for use in [*uses.get(config.family, ["sample"]), "eval"]] + [f"genkit push {run} --repo-id OWNER/NAME"]
+    print(f"genkit train: the run is in {run}\nnext: {'  |  '.join(steps)}", file=sys.stderr)  # stdout stays the JSON summary
     return 0
 
 
@@ -177,8 +203,10 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _generation_options(args: argparse.Namespace) -> dict:
-    if getattr(args, "steps", None) is not None and args.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    if getattr(args, "steps", None) is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}")
+    if getattr(args, "guidance_scale", None) is not None and not math.isfinite(args.guidance_scale):
+        raise ConfigError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
     names = ("scheduler", "steps", "guidance_scale", "timestep_spacing", "x0")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
@@ -207,9 +235,18 @@ def _sample(args: argparse.Namespace) -> int:
         images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **options)
     except NotImplementedError as err:
         raise ConfigError(f"{err}: use `genkit reconstruct` for autoencoders") from None
-    path = save_grid(images, args.out, nrow=min(10, args.n) if labels is not None else 8)
+    if not torch.isfinite(images).all():  # a NaN grid is a black square that looks like a result
+        raise ConfigError("the samples hold NaN or infinite values (an extreme --guidance-scale or a diverged run?); no grid written")
+    path = save_grid(images, args.out or _new_sample_path(args.run), nrow=min(10, args.n) if labels is not None else 8)
     print(json.dumps({"images": args.n, "grid": str(path)}))
     return 0
+
+
+def _new_sample_path(run: str) -> Path:
+    """A fresh RUN/samples/sample-NNN.png (./samples/OWNER--NAME/... for a Hub id): earlier grids are never overwritten."""
+    folder = Path(run) / "samples" if Path(run).is_dir() else Path("samples") / run.replace("/", "--")
+    taken = {p.name for p in folder.glob("sample-*.png")} if folder.is_dir() else set()
+    return folder / next(f"sample-{i:03d}.png" for i in range(1, len(taken) + 2) if f"sample-{i:03d}.png" not in taken)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -148,7 +148,11 @@ class TrainConfig:
                     else:
                         raise ConfigError(f"unknown config section {part!r} in override {item!r}")
                 target = target[part]
-            target[leaf] = yaml.safe_load(raw) if raw != "" else None
+            try:
+                target[leaf] = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError as err:  # e.g. a !!python/... tag, which safe_load refuses
+                reason = " ".join(str(getattr(err, "problem", None) or err).split())
+                raise ConfigError(f"override {item!r}: the value is not plain YAML ({reason})") from None
         return TrainConfig.from_dict(values)
 
     def validate(self) -> "TrainConfig":

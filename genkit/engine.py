@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -44,6 +44,9 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_e
                      "compile", "channels_last", "allow_tf32", "fused_optimizer", "data.storage", "data.decode_workers"}
 
 
+LOCK_FILE = ".lock"  # flocked by the running trainer
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -54,6 +57,12 @@ class RunDirError(ValueError):
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
+    config.validate()  # a bad config creates no output directory
+    with run_lock(Path(config.output_dir)):  # one trainer per run directory
+        return _train(config, resume, overwrite)
+
+
+def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str, Any]:
     config.validate()
     config.data.resolve_paths()
     config.mixed_precision = resolve_mixed_precision(config, Path(config.output_dir) if resume else None)  # recorded: a resume trains the same way
@@ -221,10 +230,10 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     if accelerator.is_main_process:
         try:
             with ema_weights(ema, family):
-                family.save(run_dir)
-            (run_dir / "metrics.json").write_text(json.dumps({"final": summary, "history": state["history"]}, indent=2) + "\n")
+                runs.save_export(family, run_dir)  # temp folder, then each file renamed into place
             save_loss_curve(state["history"], run_dir / "loss_curve.png")
             log_image(accelerator, "loss_curve", run_dir / "loss_curve.png", state["step"])
+            runs.finish(run_dir, {"final": summary, "history": state["history"]})  # last: only now is the run finished
         except OSError as err:
             raise RunDirError(f"cannot write the trained model into {run_dir}: {_os_reason(err)}. The checkpoints are intact: "
                               "free some space, then `--resume latest` exports the model without training further") from None
@@ -307,7 +316,8 @@ def freeze_all_but_last(model: nn.Module, n: int) -> list[str]:
 def _init_from(family_cls: type[Family], source: str) -> dict[str, nn.Module]:
     path = Path(source)
     try:
-        return family_cls.load_models(path if path.exists() else source)
+        with runs.quiet_loading():
+            return family_cls.load_models(path if path.exists() else source)
     except Exception as err:
         raise ConfigError(f"init_from={source!r}: cannot load {family_cls.name} weights from it ({type(err).__name__}: {err})") from None
 
@@ -366,6 +376,37 @@ def _check_writable(run_dir: Path) -> None:
             pass
     except OSError as err:
         raise RunDirError(f"cannot write into output_dir {run_dir}: {_os_reason(err)}") from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on RUN/.lock (the main process only) while the block runs; a second trainer is refused.
+
+    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: trainings are not locked
+        fcntl = None
+    handle = None
+    if fcntl is not None and os.environ.get("RANK", "0") == "0":  # one lock per run, not one per process
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(run_dir / LOCK_FILE, "a")
+        except OSError:  # an unwritable directory: _check_writable says why
+            handle = None
+    if handle is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
+                              "wait for it to end, or train into another output_dir") from None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the lock
 
 
 def _os_reason(err: OSError) -> str:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -21,6 +26,10 @@ HUB_RECORD = "hub.json"  # written by `genkit push`: where the run was published
 PIPELINE_CODE = "pipeline.py"  # conditional / latent diffusion: the pipeline class DiffusionPipeline loads with trust_remote_code=True
 GENERATED = [*RUN_FILES, "run.json", HUB_RECORD, "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
+FINISHED_MARKER = "metrics.json"  # written last by a training: a run directory with a run id but without it has not finished
+EXPORT_TMP = ".tmp-export"  # what a kill during the export leaves (--overwrite removes it too)
+GENERATED += [EXPORT_TMP, f".tmp-{FINISHED_MARKER}"]
+HUB_MIXIN_CHATTER = "Loading weights from local directory\n"  # a bare print() in huggingface_hub's PyTorchModelHubMixin
 
 
 def new_run_id(run_dir: Path) -> str:
@@ -67,9 +76,12 @@ def clear_outputs(run_dir: Path) -> list[str]:
 
 
 def check_finished(path: Path, config: TrainConfig) -> None:
-    """A run directory whose training has not ended (killed, interrupted, still running) says how to resume it."""
+    """A run directory whose training has not ended (killed, interrupted, still running) says how to resume it; its weights must parse."""
     missing = [name for name in get_family(config.family).required_files() if not (path / name).is_file()]
+    if (path / RUN_ID_FILE).is_file() and not (path / FINISHED_MARKER).is_file():  # trained here (not a Hub snapshot) but not to the end
+        missing.append(FINISHED_MARKER)
     if not missing:
+        verify_weights(path, config.family)
         return
     found = ckpt.list_checkpoints(path)
     if found:
@@ -77,6 +89,53 @@ def check_finished(path: Path, config: TrainConfig) -> None:
         raise ConfigError(f"{path} has not finished training (last checkpoint: step {step}); resume it with "
                           f"`genkit train --config {path / 'training_config.json'} --resume latest`")
     raise ConfigError(f"{path} holds no trained model (missing {', '.join(missing)}): has the run finished?")
+
+
+def save_export(family: Family, run_dir: Path) -> None:
+    """Export the models into a temp folder, then move each file into place: a kill never leaves half a file.
+
+    The finished marker goes first, so until `finish` writes it again the run reads as unfinished (resumable), never as
+    a mix of old and new files that passes for a finished run.
+    """
+    (run_dir / FINISHED_MARKER).unlink(missing_ok=True)
+    tmp = run_dir / EXPORT_TMP
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    family.save(tmp)
+    ckpt.usual_permissions(tmp)
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        target = run_dir / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(tmp)
+    verify_weights(run_dir, family.name)
+
+
+def finish(run_dir: Path, metrics: dict) -> None:
+    """Write metrics.json (atomically), the last file of a training: from then on the run counts as finished."""
+    tmp = run_dir / f".tmp-{FINISHED_MARKER}"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, run_dir / FINISHED_MARKER)
+
+
+def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> None:
+    """Every exported safetensors file of the run parses whole; with `models`, each holds exactly one model's tensors."""
+    signatures = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (models or {}).values()]
+    for name in get_family(family).export_files():
+        path = Path(run_dir) / name
+        if not name.endswith(".safetensors") or not path.is_file():
+            continue
+        try:
+            header = ckpt.check_safetensors(path)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path} is damaged ({err}); it can be neither loaded nor published. "
+                              "If the run's checkpoints are intact, `--resume latest` exports the model again") from None
+        tensors = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        if signatures and tensors not in signatures:
+            closest = max(signatures, key=lambda sig: len(sig.keys() & tensors.keys()))
+            wrong = sorted(k for k in closest.keys() & tensors.keys() if closest[k] != tensors[k])
+            raise ConfigError(f"{path} is incomplete or does not match its model (config.json): missing {sorted(closest.keys() - tensors.keys())[:5]}, "
+                              f"unexpected {sorted(tensors.keys() - closest.keys())[:5]}, other shapes {wrong[:5]}")
 
 
 def resolve(source: str) -> Path:
@@ -116,29 +175,25 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
     config = TrainConfig.load(path)
     check_finished(path, config)
     cls = get_family(config.family)
-    models = cls.load_models(path)
-    check_weights(path, models)
+    with quiet_loading():
+        models = cls.load_models(path)
+    verify_weights(path, config.family, models)
     for model in models.values():
         model.to(device).eval()
     return cls(config, DataInfo.load(path), models)
 
 
-def check_weights(path: Path, models: dict[str, torch.nn.Module]) -> None:
-    """Refuse a run whose safetensors files lack a parameter or buffer of its modules (non-strict loading would keep random ones)."""
-    from safetensors import safe_open
-
-    for part, model in models.items():
-        names = [f"{part}/diffusion_pytorch_model.safetensors", f"{part}/model.safetensors", "model.safetensors"]
-        file = next((path / name for name in names if (path / name).is_file()), None)
-        if file is None:
-            raise ConfigError(f"{path}: no weights file for {part!r}")
-        with safe_open(str(file), "pt") as stored:
-            shapes = {key: tuple(stored.get_slice(key).get_shape()) for key in stored.keys()}
-        wrong = [key for key, value in model.state_dict().items() if shapes.get(key) != tuple(value.shape)]
-        if wrong:
-            raise ConfigError(f"{file.relative_to(path)} is incomplete: {len(wrong)} weights missing or misshapen ({wrong[0]}, ...)")
-
-
 def load_family(source: str, device: str | torch.device = "cpu") -> Family:
     """The trained family of a run directory or Hub repo id, models in eval mode on `device`."""
     return load_run(resolve(source), device)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Drop huggingface_hub's "Loading weights from local directory" line (a print, not a log); other output passes."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        sys.stdout.write(buffer.getvalue().replace(HUB_MIXIN_CHATTER, ""))

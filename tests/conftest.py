@@ -43,6 +43,32 @@ def make_idx_folder(folder: Path, n_train: int = 256, n_test: int = 64, size: in
     return folder
 
 
+CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".egg-info")
+
+
+def _new_files() -> set[str] | None:
+    """Untracked and ignored files of the checkout (None when it is not a git checkout)."""
+    import subprocess
+
+    try:
+        result = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return None
+    if result.returncode != 0:
+        return None
+    return {line[3:] for line in result.stdout.splitlines() if line[:2] in ("??", "!!") and not any(c in line for c in CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Tests write into tmp_path only: a file that appears in the checkout (runs/, samples.png, ...) fails the session."""
+    before = _new_files()
+    yield
+    after = _new_files()
+    if before is not None and after is not None and after - before:
+        pytest.fail(f"the tests wrote into the checkout {REPO}: {', '.join(sorted(after - before)[:10])}")
+
+
 @pytest.fixture(scope="session")
 def tiny_idx(tmp_path_factory) -> Path:
     """Folder of synthetic IDX files (256 train / 64 test images, 10 classes)."""

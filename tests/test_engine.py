@@ -1,5 +1,6 @@
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ def test_train_writes_a_self_describing_run(tiny_idx, tmp_path):
     losses = [row["loss"] for row in metrics["history"] if "loss" in row]
     assert losses[-1] < losses[0] and summary["step"] == 12 and math.isfinite(summary["eval_loss"])
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000004", "step-0000008", "step-0000012"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [run / "model.safetensors", run / "checkpoints" / "step-0000012" / "model.safetensors"]:  # safetensors alone writes 0600
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
     model = MLPAutoencoder.from_pretrained(str(run))
     assert model.latent_dim == 8 and model.reconstruct(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
 
@@ -247,3 +252,110 @@ def test_resume_after_divergence_takes_the_advised_learning_rate(tiny_idx, tmp_p
     assert lrs[2] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 12)))  # before: the original rate
     for step in (6, 8, 10):  # after: the cosine schedule continues with the new base rate
         assert lrs[step] == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * step / 12)))
+
+
+@pytest.mark.parametrize("name, damage", [("model.safetensors", "half"), ("optimizer.bin", "empty"), ("random_states_0.pkl", "garbage")])
+def test_a_damaged_latest_checkpoint_is_named_and_the_intact_one_offered(tiny_idx, tmp_path, name, damage, capsys):
+    from genkit.cli import main
+
+    run = tmp_path / "run"
+    with killed_after_checkpoint(step=8):
+        train(tiny_config(tiny_idx, run))
+    path = run / "checkpoints" / "step-0000008" / name
+    data = path.read_bytes()
+    if damage == "garbage" and name.startswith("random_states"):  # a readable file with nonsense inside: accelerate would skip it silently
+        torch.save({"random_state": 3, "numpy_random_seed": None, "torch_manual_seed": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(data[: len(data) // 2] if damage == "half" else b"")
+    previous = run / "checkpoints" / "step-0000004"
+    tiny_config(tiny_idx, run).save(tmp_path / "c.yaml")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert f"step-0000008 is damaged: {name} (" in err and f"{previous} is intact" in err and f"--resume {previous}`" in err, err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(ckpt.CheckpointError, match=f"the checkpoint is damaged: {name}"):
+        train(tiny_config(tiny_idx, run), resume=str(path.parent))
+    assert train(tiny_config(tiny_idx, run), resume=str(previous))["step"] == 12  # the advice works
+
+
+def test_a_damaged_or_foreign_export_is_refused_by_load_and_push(tiny_idx, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from genkit.cli import main
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_idx, run, max_steps=4))
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) - 100])
+    for argv in [["reconstruct", str(run)], ["push", str(run), "--repo-id", "someone/ae", "--dry-run", str(tmp_path / "dry")]]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{run / 'model.safetensors'} is damaged (truncated:" in err and "--resume latest" in err, err
+    assert not (tmp_path / "dry").exists() or not any((tmp_path / "dry").iterdir())  # nothing shipped
+    save_file({"weight": torch.zeros(3)}, str(run / "model.safetensors"))  # whole, but another model's tensors
+    assert main(["reconstruct", str(run)]) == 2
+    assert "does not match its model" in capsys.readouterr().err
+
+
+def test_a_kill_during_or_after_the_export_leaves_a_resumable_run(tiny_idx, tmp_path, monkeypatch, capsys):
+    from conftest import Killed
+
+    from genkit import runs
+    from genkit.cli import main
+
+    run = tmp_path / "run"
+    original = runs.save_export
+
+    def export_then_die(family, run_dir):
+        original(family, run_dir)
+        raise Killed
+
+    monkeypatch.setattr(runs, "save_export", export_then_die)
+    with pytest.raises(Killed):
+        train(tiny_config(tiny_idx, run, max_steps=4))
+    assert (run / "model.safetensors").is_file() and not (run / "metrics.json").exists()
+    assert main(["reconstruct", str(run)]) == 2  # weights alone are not a finished run
+    assert "has not finished training (last checkpoint: step 4)" in capsys.readouterr().err
+    monkeypatch.undo()
+    train(tiny_config(tiny_idx, run, max_steps=4), resume="latest")  # exports again, without training
+    assert main(["reconstruct", str(run)]) == 0
+    finished = weights(run)
+
+    # killed halfway through writing the next export: the previous weights are whole, the run reads as unfinished
+    def half_then_die(self, directory):
+        (Path(directory) / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "model.safetensors").write_bytes(b"\0" * 10)
+        raise Killed
+
+    monkeypatch.setattr(AutoencoderFamily, "save", half_then_die)
+    with pytest.raises(Killed):
+        train(tiny_config(tiny_idx, run, max_steps=8), resume="latest")
+    assert all(torch.equal(finished[k], v) for k, v in weights(run).items())
+    assert main(["reconstruct", str(run)]) == 2 and "has not finished training" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert train(tiny_config(tiny_idx, run, max_steps=8), resume="latest")["step"] == 8
+    assert not (run / runs.EXPORT_TMP).exists() and json.loads((run / "metrics.json").read_text())["final"]["step"] == 8
+
+
+def test_a_second_trainer_on_the_same_run_is_refused_and_a_killed_ones_lock_is_gone(tiny_idx, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from genkit.cli import main
+    from genkit.engine import LOCK_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+              "print('locked', flush=True); time.sleep(120)")  # stands for a trainer that is running
+    other = subprocess.Popen([sys.executable, "-c", holder, str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        tiny_config(tiny_idx, run, max_steps=2).save(tmp_path / "c.yaml")
+        assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+        assert f"{run} is in use by another genkit train" in capsys.readouterr().err
+        assert not (run / "training_config.json").exists()  # refused before writing anything
+    finally:
+        other.kill()  # as a kill -9: the kernel drops its lock
+        other.wait()
+    assert train(tiny_config(tiny_idx, run, max_steps=2))["step"] == 2

@@ -182,12 +182,11 @@ def test_commands_default_to_the_gpu_when_there_is_one(monkeypatch, capsys):
     from genkit import cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    parser = cli.build_parser()
     for command in ["sample", "eval", "reconstruct", "analyze", "generate"]:
         extra = ["--n", "4", "--out", "x"] if command == "generate" else []
-        assert parser.parse_args([command, "run", *extra]).device == "cuda", command
+        assert cli.parse_args([command, "run", *extra]).device == "cuda", command
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli.build_parser().parse_args(["sample", "run"]).device == "cpu"
+    assert cli.parse_args(["sample", "run"]).device == "cpu"
     assert cli.main(["sample", "run", "--device", "cuda"]) == 2  # refused before anything loads, in one line
     assert "no such CUDA device here" in capsys.readouterr().err
     assert cli.main(["sample", "run", "--device", "gpu0"]) == 2
