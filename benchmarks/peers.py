@@ -14,7 +14,10 @@ other jobs on the machine do not count). genkit trains its shipped config for th
 `--points` places along the way, each exported afterwards by the engine (`train(..., resume=checkpoint)` with nothing left to
 train) and scored; a checkpoint's CPU seconds are the run's, pro rata to its step. The reference then trains step by step and is
 scored at the same epochs and as its cumulative training CPU seconds pass each of genkit's points (scoring not counted),
-training on past the epochs when genkit took longer.
+training on past the epochs when genkit took longer. genkit's checkpoints along a run with a schedule sized to it (the VAE's
+and RBM's cosine) are mid-schedule: the curve's inner points are not what a shorter run would reach; its last point is.
+genkit's CPU seconds include a fixed cost per `train` call (data, the final evaluation over the test split, the export: a few
+seconds), which counts at tiny budgets only.
 
 Evaluator: FID in genkit's classifier feature space against the MNIST test split; class accuracy of conditional samples (genkit's
 classifier); the test log-likelihood where it is defined (IW-NLL k=`--nll-k` for the VAEs, AIS for the RBMs). The same code
