@@ -1,44 +1,127 @@
-"""genkit against compact reference recipes, family by family: same data, same epochs, same evaluator, one run.
+"""genkit against compact reference recipes, family by family, at equal epochs and at equal training CPU time.
 
-References (plain torch / sklearn, written here from their published recipes, nothing of genkit's inside them):
+References (`benchmarks/references.py`: plain torch / sklearn, written from their published recipes):
 - gan: the PyTorch-examples DCGAN (nz=100, ngf=ndf=32, BatchNorm in G and D, BCE, Adam 2e-4, beta1=0.5, batch 64), at 28x28.
+- cgan: the same DCGAN made conditional the usual way (label embedding concatenated to z, the label as a second channel of D).
 - rbm: sklearn's `BernoulliRBM` (256 hidden units, its defaults otherwise) on binarized pixels.
 - vae: the course's Keras-style VAE, 784-256-z (z=16), summed BCE + KL, Adam 1e-3, on dynamically binarized pixels.
 - diffusion: the diffusers tutorial loop (epsilon MSE, AdamW 1e-4, cosine with warm-up, no EMA) on the same UNet preset,
   both sampled with DDIM at `--sample-steps`.
 
-Evaluator: FID in genkit's classifier feature space against the MNIST test split (and, where it is defined, the test
-log-likelihood: IW-NLL k=`--nll-k` for the VAEs, AIS for the RBMs), the same code for both columns. Prints a table with
-genkit / reference ratios (below 1 is better for FID and NLL).
+How the sides are timed: sequentially in one process, one thread, CPU seconds by `time.process_time` (not wall time, so
+other jobs on the machine do not count). genkit trains its shipped config for the family's epochs through `genkit.engine.train`
+(its CPU seconds: the whole call, checkpoints included), with checkpoints at
+`--points` places along the way, each exported afterwards by the engine (`train(..., resume=checkpoint)` with nothing left to
+train) and scored; a checkpoint's CPU seconds are the run's, pro rata to its step. The reference then trains step by step and is
+scored at the same epochs and as its cumulative training CPU seconds pass each of genkit's points (scoring not counted),
+training on past the epochs when genkit took longer. genkit's checkpoints along a run with a schedule sized to it (the VAE's
+and RBM's cosine) are mid-schedule: the curve's inner points are not what a shorter run would reach; its last point is.
+genkit's CPU seconds: the engine's periodic evaluations and sample grids are turned off (one evaluation at the end, on 256
+test images, and a 10-image grid remain), so they count training plus a small fixed cost per `train` call (data, the export).
 
-    python benchmarks/peers.py --data-dir ../shared/data/mnist                # each family at its budget below
-    python benchmarks/peers.py --data-dir ../shared/data/mnist --families gan --epochs 5
+Evaluator: FID in genkit's classifier feature space against the MNIST test split; class accuracy of conditional samples (genkit's
+classifier); the test log-likelihood where it is defined (IW-NLL k=`--nll-k` for the VAEs, AIS for the RBMs). The same code
+scores both columns. Prints the table of genkit / reference ratios at equal epochs and at equal CPU seconds, every point of the
+curves, and writes a plot of each metric against CPU seconds (`--plot`).
 
-Budgets (epochs, the same for both columns; `--epochs` sets one for all): GAN 2, VAE 10 (its cosine schedule and the
-IWAE bound are sized for long runs: at 2 epochs the reference is ahead), RBM 2, diffusion 1.
+    python benchmarks/peers.py --data-dir ../shared/data/mnist                 # each family at its budget below
+    python benchmarks/peers.py --data-dir ../shared/data/mnist --families gan --genkit-set "" "model.width=32" "batch_size=64"
+
+`--genkit-set` runs several genkit variants (config overrides, "" is the shipped config) against one reference run: the
+quality-per-CPU-second front the shipped configs are chosen from. Budgets (epochs; `--epochs` sets one for all):
+GAN 2, cGAN 2, VAE 10, RBM 2, diffusion 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from references import Recipe, dcgan, diffusers_tutorial, keras_vae, sklearn_rbm
 
+from genkit import checkpoint as ckpt
 from genkit.config import DataConfig, TrainConfig
-from genkit.data import binarize_fixed, load_split
+from genkit.data import binarize_fixed, load_split, load_train_eval
 from genkit.engine import train
-from genkit.evaluation import feature_distances, get_classifier, real_pair
+from genkit.evaluation import class_accuracy, feature_distances, get_classifier, real_pair
 from genkit.families.rbm import BernoulliRBM
-from genkit.families.vae import VAE
 from genkit.runs import load_family
 
-CONFIGS = Path(__file__).parents[1] / "training" / "configs"
-EPOCHS = {"gan": 2, "vae": 10, "rbm": 2, "diffusion": 1}
+ROOT = Path(__file__).parents[1]
+CONFIGS = ROOT / "training" / "configs"
+LOWER_IS_BETTER = {"FID": True, "NLL": True, "-LL": True, "class acc": False}
+
+
+@dataclass
+class Point:
+    """One scored snapshot of one side."""
+
+    side: str  # "reference" or the genkit variant's label
+    steps: int
+    epochs: float
+    cpu: float  # training CPU seconds at this snapshot
+    scores: dict[str, float]
+    at: str = ""  # "epochs" for the equal-epoch snapshot, "cpu" for the one at a genkit variant's final CPU seconds
+
+
+@dataclass
+class Family:
+    """What one comparison needs: genkit's config and epochs, the reference recipe, and how to score either side."""
+
+    config: str
+    epochs: float
+    reference: Callable[[], Recipe]
+    of_genkit: Callable[[Any], Any]  # a loaded genkit family -> what `score` takes
+    score: Callable[[Any], dict[str, float]]
+    name: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator:
+    """genkit's evaluator on the MNIST test split: classifier-feature FID, class accuracy, IW-NLL, AIS log-likelihood."""
+
+    def __init__(self, data_dir: str, num_samples: int, nll_k: int, ais_betas: int):
+        self.data = DataConfig(source="mnist", data_dir=data_dir)
+        self.n, self.nll_k, self.ais_betas = num_samples, nll_k, ais_betas
+        self.train01, self.test01 = mnist(data_dir), mnist(data_dir, "test")
+        self.classifier = get_classifier(self.data)
+        self.real, _ = real_pair(self.data, num_samples)
+
+    def fid(self, fake01: torch.Tensor) -> float:
+        """FID of `fake01` against the first `n` test images."""
+        return feature_distances(self.real, fake01[: self.n].cpu(), self.classifier)["fid"]
+
+    def samples(self, generate: Callable[..., torch.Tensor]) -> dict[str, float]:
+        """FID of n unconditional samples of `generate(n, generator)`."""
+        return {"FID": self.fid(generate(self.n, torch.Generator().manual_seed(0)))}
+
+    def conditional(self, generate: Callable[..., torch.Tensor]) -> dict[str, float]:
+        """FID and class accuracy of n samples, the classes in turn."""
+        labels = torch.arange(self.n) % 10
+        images = generate(self.n, torch.Generator().manual_seed(0), labels)
+        return {"FID": self.fid(images), "class acc": class_accuracy(images, labels, self.classifier)}
+
+    @torch.no_grad()
+    def vae(self, model: torch.nn.Module) -> dict[str, float]:
+        """IW-NLL in nats on 1,000 binarized test images, genkit's estimator (VAE.importance_nll) for either model."""
+        test = binarize_fixed(self.test01, torch.arange(len(self.test01)))[:1000]
+        g = torch.Generator().manual_seed(0)
+        return {"NLL": torch.cat([model.importance_nll(x, self.nll_k, g) for x in test.split(max(1, 50_000 // self.nll_k))]).mean().item()}
+
+    def rbm(self, rbm: BernoulliRBM) -> dict[str, float]:
+        """AIS test log-likelihood (100 runs) and FID of Gibbs samples (1,000 steps from draws of the training pixel rates)."""
+        rate = self.train01.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3)
+        log_z, _ = rbm.ais_log_partition(torch.log(rate) - torch.log1p(-rate), 100, self.ais_betas, torch.Generator().manual_seed(0))
+        test = binarize_fixed(self.test01, torch.arange(len(self.test01))).flatten(1)
+        samples = rbm.sample(self.n, 1000, torch.Generator().manual_seed(0))
+        return {"-LL": -rbm.log_likelihood(test, log_z).mean().item(), "FID": self.fid(samples)}
 
 
 def mnist(data_dir: str, split: str = "train") -> torch.Tensor:
@@ -46,242 +129,156 @@ def mnist(data_dir: str, split: str = "train") -> torch.Tensor:
     return load_split(DataConfig(source="mnist", data_dir=data_dir), split).images.float() / 255
 
 
-def fid(fake01: torch.Tensor, data_dir: str, n: int) -> float:
-    """FID of `fake01` against the first `n` test images, in genkit's classifier features."""
-    data = DataConfig(source="mnist", data_dir=data_dir)
-    real, _ = real_pair(data, n)
-    return feature_distances(real, fake01[:n].cpu(), get_classifier(data))["fid"]
+def mnist_labels(data_dir: str) -> torch.Tensor:
+    """The training labels, in the order of `mnist`."""
+    return load_split(DataConfig(source="mnist", data_dir=data_dir), "train").labels.long()
 
 
-def run_genkit(config_name: str, data_dir: str, epochs: float, out: Path, **overrides) -> tuple[object, float]:
-    """Train a shipped config for `epochs`; the loaded family and the training seconds."""
-    config = TrainConfig.load(CONFIGS / config_name).with_overrides([f"{k}={v}" for k, v in overrides.items()])
-    config.data.data_dir, config.epochs, config.output_dir = data_dir, epochs, str(out)
-    config.log_with, config.progress_bar = "none", False
-    started = time.perf_counter()
+def families(args: argparse.Namespace, ev: Evaluator) -> dict[str, Family]:
+    """Every comparison, at its default budget."""
+    x, d = ev.train01, args.data_dir
+    ddim = {"scheduler": "ddim", "steps": args.sample_steps}
+    return {
+        "gan": Family("dcgan_mnist.yaml", 2, lambda: dcgan(x), lambda f: f.generate, ev.samples, "DCGAN (PyTorch examples)"),
+        "cgan": Family("cgan_mnist.yaml", 2, lambda: dcgan(x, mnist_labels(d)), lambda f: f.generate, ev.conditional,
+                       "conditional DCGAN (label concatenated to z and as a D channel)"),
+        "vae": Family("vae_binarized_mnist.yaml", 10, lambda: keras_vae(x), lambda f: f.models["model"], ev.vae,
+                      f"Keras-style VAE 784-256-16 (dynamic binarization), IW-NLL k={args.nll_k}"),
+        "rbm": Family("rbm_mnist.yaml", 2, lambda: sklearn_rbm(x), lambda f: f.models["model"], ev.rbm, "sklearn BernoulliRBM, AIS"),
+        "diffusion": Family("diffusion_mnist.yaml", 1, lambda: diffusers_tutorial(x, args.epochs or 1, args.preset, args.sample_steps),
+                            lambda f: lambda n, g, labels=None: torch.cat([f.generate(len(c), g, **ddim) for c in torch.arange(n).split(250)]),
+                            ev.samples, f"diffusers tutorial loop, `{args.preset}` UNet, DDIM {args.sample_steps} steps",
+                            {"model.preset": args.preset}),
+    }
+
+
+def genkit_curve(fam: Family, label: str, overrides: list[str], data_dir: str, epochs: float, points: int, out: Path) -> list[Point]:
+    """Train a shipped config (plus `overrides`) for `epochs` with `points` checkpoints; score each one and the final model."""
+    config = TrainConfig.load(CONFIGS / fam.config).with_overrides([f"{k}={v}" for k, v in fam.overrides.items()] + overrides)
+    config.data.data_dir, config.output_dir, config.log_with, config.progress_bar = data_dir, str(out), "none", False
+    per_epoch = len(load_train_eval(config.data, config.seed)[0]) // (config.batch_size * config.gradient_accumulation_steps)
+    config.max_steps = math.ceil(epochs * per_epoch)
+    config.checkpoint_every, config.keep_last = math.ceil(config.max_steps / (points + 1)), points + 2
+    # count training, not the engine's monitoring: one evaluation (the last, on 256 images) and a 10-image grid; the RBM's
+    # pseudo-likelihood over the whole test split and its 1,000-step sample grids were ~25 CPU s of a 9-step run
+    config.eval_every = config.sample_every = config.max_steps
+    config.data.eval_subset, config.num_samples = 256, 10
+    started = time.process_time()
     train(config, overwrite=True)
-    return load_family(str(out)), time.perf_counter() - started
+    cpu = time.process_time() - started
+    curve = [Point(label, config.max_steps, epochs, cpu, fam.score(fam.of_genkit(load_family(str(out)))), "epochs")]
+    for path in ckpt.list_checkpoints(out)[:-1]:  # the last is the final model, scored above
+        step = ckpt.read_state(path)["step"]
+        config.max_steps = step  # nothing left to train: the engine exports the checkpoint's (EMA) weights
+        train(config, resume=str(path))
+        curve.append(Point(label, step, step / per_epoch, cpu * step / curve[0].steps, fam.score(fam.of_genkit(load_family(str(out))))))
+    return sorted(curve, key=lambda p: p.cpu)
 
 
-# ---- GAN: PyTorch-examples DCGAN ---------------------------------------------------------------------------
+def reference_curve(fam: Family, epochs: float, marks: list[float]) -> list[Point]:
+    """Train the reference until it has passed `epochs` and every CPU mark; score it at `epochs` and as each mark is passed."""
+    recipe = fam.reference()
+    equal_steps, marks, curve = max(1, round(epochs * recipe.per_epoch)), sorted(marks), []
+    cpu, step = 0.0, 0
+    while step < equal_steps or marks:
+        started = time.process_time()
+        recipe.step(step)
+        cpu, step = cpu + time.process_time() - started, step + 1
+        at = "epochs" if step == equal_steps else ""
+        while marks and cpu >= marks[0]:
+            marks.pop(0)
+            at += " cpu"
+        if at:
+            curve.append(Point("reference", step, step / recipe.per_epoch, cpu, fam.score(recipe.model()), at.strip()))
+    return curve
 
 
-def reference_gan(x01: torch.Tensor, epochs: float, n: int, seed: int = 0, batch_size: int = 64) -> tuple[torch.Tensor, float]:
-    """The PyTorch-examples DCGAN recipe (its default batch of 64) at 28x28 (7 -> 14 -> 28); n samples in [0, 1] and training seconds."""
-    torch.manual_seed(seed)
-    nz, ngf, ndf = 100, 32, 32
-    G = nn.Sequential(nn.ConvTranspose2d(nz, ngf * 4, 7, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
-                      nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
-                      nn.ConvTranspose2d(ngf * 2, 1, 4, 2, 1, bias=False), nn.Tanh())
-    D = nn.Sequential(nn.Conv2d(1, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True),
-                      nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, True),
-                      nn.Conv2d(ndf * 2, 1, 7, 1, 0, bias=False), nn.Flatten())
-    for m in [*G.modules(), *D.modules()]:  # the recipe's weights_init
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    data = x01 * 2 - 1
-    per_epoch = len(data) // batch_size
-    started = time.perf_counter()
-    for step in range(int(epochs * per_epoch)):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(data))
-        real = data[order[step % per_epoch * batch_size :][:batch_size]]
-        fake = G(torch.randn(len(real), nz, 1, 1))
-        loss_d = F.binary_cross_entropy_with_logits(D(real), torch.ones(len(real), 1)) + \
-            F.binary_cross_entropy_with_logits(D(fake.detach()), torch.zeros(len(real), 1))
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        loss_g = F.binary_cross_entropy_with_logits(D(fake), torch.ones(len(real), 1))
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
-    seconds = time.perf_counter() - started
-    G.eval()
-    with torch.no_grad():
-        return ((G(torch.randn(n, nz, 1, 1)) + 1) / 2).clamp(0, 1), seconds
+def ratio(ours: float, ref: float, metric: str) -> str:
+    """genkit / reference, marked when genkit is ahead."""
+    better = ours < ref if LOWER_IS_BETTER[metric] else ours > ref
+    return f"**{ours / ref:.2f}**" if better else f"{ours / ref:.2f}"
 
 
-# ---- VAE: the course's Keras-style VAE ------------------------------------------------------------------------
+def nearest(curve: list[Point], cpu: float) -> Point:
+    """The reference snapshot taken as its CPU seconds passed `cpu`."""
+    return min((p for p in curve if p.cpu >= cpu), key=lambda p: p.cpu, default=curve[-1])
 
 
-class KerasVAE(nn.Module):
-    """784-256-z encoder, z-256-784 decoder, ReLU, Bernoulli decoder: the Keras example's model, in torch."""
+def plot(results: dict[str, list[Point]], path: Path) -> None:
+    """Every metric of every family against training CPU seconds, genkit variants and the reference as lines."""
+    import matplotlib
 
-    def __init__(self, z: int = 16):
-        super().__init__()
-        self.hidden, self.mu, self.logvar = nn.Linear(784, 256), nn.Linear(256, z), nn.Linear(256, z)
-        self.dec = nn.Sequential(nn.Linear(z, 256), nn.ReLU(), nn.Linear(256, 784))
-        self.latent_dim = z
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    def encode(self, x):
-        h = F.relu(self.hidden(x.flatten(1)))
-        return self.mu(h), self.logvar(h)
-
-    def decode_params(self, z):
-        return self.dec(z).view(-1, 1, 28, 28)
-
-    def log_px_given_z(self, x, out):
-        return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
-
-    log_weights, importance_nll = VAE.log_weights, VAE.importance_nll  # the same estimator as genkit's, not a copy
-
-
-def reference_vae(x01: torch.Tensor, epochs: float, binarize: bool, seed: int = 0) -> tuple[nn.Module, float]:
-    """Train the Keras-style VAE (summed BCE + KL, Adam 1e-3, batch 128); returns the model and seconds."""
-    torch.manual_seed(seed)
-    model = KerasVAE()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    started = time.perf_counter()
-    per_epoch = len(x01) // 128
-    for step in range(int(epochs * per_epoch)):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(x01))
-        x = x01[order[step % per_epoch * 128 :][:128]]
-        x = torch.bernoulli(x) if binarize else x
-        mu, logvar = model.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        loss = (-model.log_px_given_z(x, model.decode_params(z)) + 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), time.perf_counter() - started
-
-
-def vae_nll(model: nn.Module, test01: torch.Tensor, k: int) -> float:
-    """IW-NLL in nats with k samples, the same estimator (genkit's VAE.importance_nll) for either model."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return torch.cat([model.importance_nll(x, k, g) for x in test01.split(max(1, 50_000 // k))]).mean().item()
-
-
-# ---- RBM: sklearn ---------------------------------------------------------------------------------------------------
-
-
-def reference_rbm(x01: torch.Tensor, epochs: int, seed: int = 0) -> tuple[BernoulliRBM, float]:
-    """sklearn's BernoulliRBM (256 hidden, its default learning rate 0.1 and batch 10), copied into a genkit RBM to score it."""
-    from sklearn.neural_network import BernoulliRBM as SkRBM
-
-    sk = SkRBM(n_components=256, n_iter=max(1, int(epochs)), random_state=seed)
-    started = time.perf_counter()
-    sk.fit(binarize_fixed(x01, torch.arange(len(x01))).flatten(1).numpy())
-    rbm = BernoulliRBM([1, 28, 28], 256)
-    with torch.no_grad():
-        rbm.W.copy_(torch.from_numpy(sk.components_.T))
-        rbm.b.copy_(torch.from_numpy(sk.intercept_visible_))
-        rbm.c.copy_(torch.from_numpy(sk.intercept_hidden_))
-    return rbm, time.perf_counter() - started
-
-
-def rbm_scores(rbm: BernoulliRBM, train01: torch.Tensor, test01: torch.Tensor, data_dir: str, n: int, betas: int) -> dict:
-    """AIS test log-likelihood and FID of Gibbs samples (1,000 steps), for either RBM."""
-    rate = train01.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3)
-    log_z, _ = rbm.ais_log_partition(torch.log(rate) - torch.log1p(-rate), 100, betas, torch.Generator().manual_seed(0))
-    test = binarize_fixed(test01, torch.arange(len(test01))).flatten(1)
-    samples = rbm.sample(n, 1000, torch.Generator().manual_seed(0))
-    return {"log_likelihood": rbm.log_likelihood(test, log_z).mean().item(), "fid": fid(samples, data_dir, n)}
-
-
-# ---- diffusion: the diffusers tutorial loop --------------------------------------------------------------------------
-
-
-def reference_diffusion(x01: torch.Tensor, epochs: float, n: int, preset: str, steps: int, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """The diffusers "train a diffusion model" loop (zero-padded to 32x32, epsilon MSE, AdamW 1e-4, cosine with 500 warm-up steps,
-    no EMA) on the same UNet preset; n samples by the stock DDIM scheduler (its default clipping), cropped back to 28x28."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-
-    from genkit.families.diffusion import PRESETS, build_unet
-
-    torch.manual_seed(seed)
-    model, noise_scheduler = build_unet(32, 1, **PRESETS[preset]), DDPMScheduler(num_train_timesteps=1000)
-    data = F.pad(x01 * 2 - 1, (2, 2, 2, 2), value=-1.0)
-    per_epoch, total = len(data) // 128, int(epochs * (len(data) // 128))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    schedule = get_cosine_schedule_with_warmup(optimizer, 500, total)
-    started = time.perf_counter()
-    for step in range(total):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(data))
-        clean = data[order[step % per_epoch * 128 :][:128]]
-        noise, t = torch.randn_like(clean), torch.randint(0, 1000, (len(clean),))
-        loss = F.mse_loss(model(noise_scheduler.add_noise(clean, noise, t), t).sample, noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-    seconds = time.perf_counter() - started
-    sampler = DDIMScheduler.from_config(noise_scheduler.config)
-    sampler.set_timesteps(steps)
-    images, g = [], torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for chunk in range(0, n, 250):
-            x = torch.randn(min(250, n - chunk), 1, 32, 32, generator=g)
-            for t in sampler.timesteps:
-                x = sampler.step(model(x, t).sample, t, x).prev_sample
-            images.append(((x[:, :, 2:30, 2:30] + 1) / 2).clamp(0, 1))
-    return torch.cat(images), seconds
-
-
-# ---- driver ---------------------------------------------------------------------------------------------------------
+    panels = [(name, metric) for name, curve in results.items() for metric in curve[0].scores]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (name, metric) in zip(axes[0], panels):
+        for side in dict.fromkeys(p.side for p in results[name]):
+            pts = sorted((p for p in results[name] if p.side == side), key=lambda p: p.cpu)
+            ax.plot([p.cpu for p in pts], [p.scores[metric] for p in pts], "o-" if side == "reference" else "s-", label=side)
+        ax.set(title=f"{name}: {metric}", xlabel="training CPU seconds (one thread)", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"\nplot: {path}")
 
 
 def main() -> None:
-    """Train both sides of each family, score them with one evaluator, print the ratio table."""
+    """Train both sides of each family, score them with one evaluator, print the ratio tables, write the plot."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--families", nargs="+", default=["gan", "vae", "rbm", "diffusion"], choices=["gan", "vae", "rbm", "diffusion"])
+    parser.add_argument("--families", nargs="+", default=["gan", "cgan", "vae", "rbm", "diffusion"], choices=["gan", "cgan", "vae", "rbm", "diffusion"])
+    parser.add_argument("--genkit-set", nargs="+", default=[""], metavar="OVERRIDES",
+                        help='genkit variants, each a quoted list of config overrides ("" = the shipped config)')
+    parser.add_argument("--points", type=int, default=3, help="checkpoints scored along each genkit run, for the plot")
     parser.add_argument("--preset", default="tiny", help="UNet preset of both diffusion models")
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for both diffusion models")
-    parser.add_argument("--epochs", type=float, default=None, help="one budget for every family (default: EPOCHS)")
+    parser.add_argument("--epochs", type=float, default=None, help="one budget for every family (default: each family's)")
     parser.add_argument("--num-samples", type=int, default=1000, help="images per FID")
     parser.add_argument("--nll-k", type=int, default=1000)
     parser.add_argument("--ais-betas", type=int, default=14_500)
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "peers_cpu_mnist.png")
     args = parser.parse_args()
-    train01, test01 = mnist(args.data_dir), mnist(args.data_dir, "test")
-    epochs = {name: args.epochs or budget for name, budget in EPOCHS.items()}
-    rows = []
+    torch.set_num_threads(1)  # one thread per side; numpy's (sklearn's) too
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    ev = Evaluator(args.data_dir, args.num_samples, args.nll_k, args.ais_betas)
+    specs, results = families(args, ev), {}
     with tempfile.TemporaryDirectory() as tmp:
-        if "gan" in args.families:
-            fake, ref_s = reference_gan(train01, epochs["gan"], args.num_samples)
-            family, ours_s = run_genkit("dcgan_mnist.yaml", args.data_dir, epochs["gan"], Path(tmp) / "gan")
-            ours = family.generate(args.num_samples, torch.Generator().manual_seed(0))
-            rows.append(("gan: DCGAN (PyTorch examples)", epochs["gan"], "FID", fid(fake, args.data_dir, args.num_samples),
-                         fid(ours, args.data_dir, args.num_samples), ref_s, ours_s))
-        if "diffusion" in args.families:
-            fake, ref_s = reference_diffusion(train01, epochs["diffusion"], args.num_samples, args.preset, args.sample_steps)
-            family, ours_s = run_genkit("diffusion_mnist.yaml", args.data_dir, epochs["diffusion"], Path(tmp) / "diffusion", **{"model.preset": args.preset})
-            g = torch.Generator().manual_seed(0)
-            ours = torch.cat([family.generate(len(c), g, scheduler="ddim", steps=args.sample_steps) for c in torch.arange(args.num_samples).split(250)])
-            rows.append((f"diffusion: diffusers tutorial loop, `{args.preset}` UNet, DDIM {args.sample_steps} steps", epochs["diffusion"], "FID",
-                         fid(fake, args.data_dir, args.num_samples), fid(ours, args.data_dir, args.num_samples), ref_s, ours_s))
-        if "vae" in args.families:
-            test_bin = binarize_fixed(test01, torch.arange(len(test01)))[:1000]
-            ref, ref_s = reference_vae(train01, epochs["vae"], binarize=True)
-            family, ours_s = run_genkit("vae_binarized_mnist.yaml", args.data_dir, epochs["vae"], Path(tmp) / "vae")
-            rows.append((f"vae: Keras-style 784-256-16 (dynamic binarization), IW-NLL k={args.nll_k} (nats)", epochs["vae"], "NLL",
-                         vae_nll(ref, test_bin, args.nll_k), vae_nll(family.models["model"], test_bin, args.nll_k), ref_s, ours_s))
-        if "rbm" in args.families:
-            ref, ref_s = reference_rbm(train01, int(epochs["rbm"]))
-            family, ours_s = run_genkit("rbm_mnist.yaml", args.data_dir, int(epochs["rbm"]), Path(tmp) / "rbm")
-            a = rbm_scores(ref, train01, test01, args.data_dir, args.num_samples, args.ais_betas)
-            b = rbm_scores(family.models["model"], train01, test01, args.data_dir, args.num_samples, args.ais_betas)
-            rows.append(("rbm: sklearn BernoulliRBM, AIS test log-likelihood (nats)", epochs["rbm"], "-LL",
-                         -a["log_likelihood"], -b["log_likelihood"], ref_s, ours_s))
-            rows.append(("rbm: Gibbs samples", epochs["rbm"], "FID", a["fid"], b["fid"], ref_s, ours_s))
-    floor = fid(train01[: args.num_samples], args.data_dir, args.num_samples)  # what reproducing the training images scores
-    print(f"\nMNIST, FID on {args.num_samples} samples in genkit's classifier features (training-data "
-          f"floor {floor:.1f}); lower is better\n")
-    print("| family / reference | epochs | metric | reference | genkit | genkit / reference | train s: reference / genkit |")
-    print("|---|---|---|---|---|---|---|")
-    for name, budget, metric, ref, ours, ref_s, ours_s in rows:
-        print(f"| {name} | {budget:g} | {metric} | {ref:.2f} | {ours:.2f} | **{ours / ref:.2f}** | {ref_s:.0f} / {ours_s:.0f} |")
+        for name in args.families:
+            fam, epochs = specs[name], args.epochs or specs[name].epochs
+            ours = [p for i, sets in enumerate(args.genkit_set)
+                    for p in genkit_curve(fam, f"genkit {sets}".strip(), shlex.split(sets), args.data_dir, epochs, args.points, Path(tmp) / f"{name}{i}")]
+            ref = reference_curve(fam, epochs, [p.cpu for p in ours])
+            results[name] = ours + ref
+            print_family(name, fam, epochs, ours, ref)
+    print(f"\nMNIST, FID on {args.num_samples} samples in genkit's classifier features (training-data floor "
+          f"{ev.fid(ev.train01[: args.num_samples]):.1f}); CPU seconds by time.process_time, one thread, sides run one after the other")
+    print("\n| family: reference / genkit | metric | epochs | reference | genkit | genkit / reference, equal epochs | CPU s: genkit "
+          "| reference at genkit's CPU s (its epochs) | genkit / reference, equal CPU | CPU s at equal epochs: reference / genkit |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, curve in results.items():
+        ref = [p for p in curve if p.side == "reference"]
+        at_epochs = next(p for p in ref if "epochs" in p.at)
+        for final in (p for p in curve if p.side != "reference" and p.at == "epochs"):
+            same_cpu = nearest(ref, final.cpu)
+            for metric, ours in final.scores.items():
+                print(f"| {name}: {specs[name].name} / {final.side} | {metric} | {final.epochs:g} | {at_epochs.scores[metric]:.2f} | {ours:.2f} "
+                      f"| {ratio(ours, at_epochs.scores[metric], metric)} | {final.cpu:.0f} | {same_cpu.scores[metric]:.2f} ({same_cpu.epochs:.2f}) "
+                      f"| {ratio(ours, same_cpu.scores[metric], metric)} | {at_epochs.cpu:.0f} / {final.cpu:.0f} |")
+    plot(results, args.plot)
+
+
+def print_family(name: str, fam: Family, epochs: float, ours: list[Point], ref: list[Point]) -> None:
+    """Every scored point of one family, as soon as it is done."""
+    print(f"\n{name}: {fam.name}, {epochs:g} epochs\n\n| side | steps | epochs | CPU s | " + " | ".join(ours[0].scores) + " |")
+    print("|---|---|---|---|" + "---|" * len(ours[0].scores))
+    for p in sorted(ours + ref, key=lambda p: (p.side, p.cpu)):
+        print(f"| {p.side} {p.at} | {p.steps} | {p.epochs:.2f} | {p.cpu:.1f} | " + " | ".join(f"{v:.3f}" for v in p.scores.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ class Discriminator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags
             raise ValueError(f"architecture must be 'mlp' or 'dcgan', got {architecture!r}")
         self.out = nn.Linear(dim, 1)
         self.embed = nn.Embedding(num_classes, dim) if num_classes else None  # projection discriminator (Miyato & Koyama)
+        if self.embed is not None:
+            # at the head's scale: nn.Embedding's N(0, 1) rows against `dim` (6,272 at width 64) unit-scale features made the
+            # class term ~160x the head's, so D's first logits were ~±50 and hinge losses ran in the hundreds
+            nn.init.uniform_(self.embed.weight, -dim**-0.5, dim**-0.5)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Real/fake logits (N,)."""
