@@ -35,6 +35,7 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "heun": (HeunDiscreteScheduler, {}),
 }
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+NOISE_SCHEDULE = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
 NO_SAMPLE_PREDICTION = {"euler_a"}  # schedulers that raise on prediction_type="sample"
 
 
@@ -75,6 +76,9 @@ def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None =
     # from_config() replaces keys the training scheduler left at their defaults with the new class's defaults.
     config = dict(train_config)
     extra = {**extra, "timestep_spacing": timestep_spacing or "leading"}
+    # the noise schedule is pinned too: left implicit, Heun would take its own default betas (0.00085..0.012) for a
+    # training schedule that kept DDPM's (0.0001..0.02), and sample a different schedule than the one trained
+    extra.update({key: config[key] for key in NOISE_SCHEDULE if key in config})
     if name in NO_SAMPLE_PREDICTION and config.get("prediction_type") == "sample":
         config["prediction_type"] = "epsilon"  # euler_a raises on x0 predictions: the pipeline hands it epsilon
     config.update(clip_sample=False, thresholding=False)

@@ -238,3 +238,10 @@ def test_clip_sample_defaults_on_for_pixels_and_is_exported(tiny_idx, tmp_path):
     assert DiffusionFamily(off, family.info).x0_handling().mode == "none"
     dyn = tiny_config(tiny_idx, tmp_path / "dyn", **{**base, "model": {"preset": "tiny", "thresholding": True}})
     assert DiffusionFamily(dyn, family.info).noise_scheduler.config.thresholding is True
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_every_sampling_scheduler_keeps_the_training_noise_schedule(beta_schedule):
+    train_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule)  # betas left at DDPM's defaults
+    for name in SCHEDULERS:
+        assert torch.equal(make_scheduler(name, train_schedule.config).alphas_cumprod, train_schedule.alphas_cumprod), name
