@@ -58,9 +58,9 @@ class LatentDecoder(ModelMixin, ConfigMixin):
     @classmethod
     def from_module(cls, decoder: nn.Module, image_shape: list[int], latent_scale: float = 1.0, output: str = "sigmoid") -> "LatentDecoder":
         """The same decoder, weights included, from a (possibly nested) `nn.Sequential` of known layers."""
-        leaves = [m for m in decoder.modules() if not list(m.children())]
         if not isinstance(decoder, nn.Sequential):
             raise ValueError(f"only an nn.Sequential decoder can be exported, got {type(decoder).__name__}")
+        leaves = [m for m in decoder.modules() if not list(m.children())]
         kept, specs = [], []
         for layer in leaves:
             name = type(layer).__name__
@@ -203,7 +203,9 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
         target = self.scheduler.config.prediction_type
         if config.x0_handling == "none" and source == target:
             return pred
-        alphas = self.scheduler.alphas_cumprod
+        alphas = getattr(self.scheduler, "alphas_cumprod", None)
+        if alphas is None:  # e.g. a flow-matching scheduler: its x0 follows another formula
+            raise ValueError(f"x0 handling and prediction conversion need a scheduler with alphas_cumprod, not {type(self.scheduler).__name__}")
         alpha_bar = alphas[min(int(round(float(t))), len(alphas) - 1)].to(pred.device, torch.float32)
 
         def x0_fn(x0: torch.Tensor) -> torch.Tensor:
