@@ -46,7 +46,7 @@ for key, folder in folders.items():
     low = half(batch_size=2, num_inference_steps=2, output_type="np").images
     results[key] = {"class": type(pipe).__name__, "module": type(pipe).__module__, "images": images,
                     "decoder": None if pipe.decoder is None else [type(pipe.decoder).__name__, str(half.decoder.dtype)],
-                    "pil": [len(pil), pil[0].size, pil[0].mode],
+                    "pil": [len(pil), pil[0].size, pil[0].mode], "id2label": pipe.id2label,
                     "bf16": [str(half.unet.dtype), str(low.dtype), low.shape, bool((low >= 0).all() and (low <= 1).all())]}
 assert sys.modules["genkit"] is None
 torch.save(results, out)
@@ -90,6 +90,7 @@ def test_runs_load_and_sample_the_same_in_stock_diffusers_without_genkit(runs, t
     assert ldm["bf16"][1:] == ["float32", (2, 28, 28, 1), True]
     for key, labels in [("cond", torch.tensor([1, 3])), ("ldm", None)]:
         family = load_family(str(runs / key))
+        assert results[key]["id2label"] == (dict(enumerate(family.info.class_names)) if key == "cond" else {})  # names work without genkit
         for name in SCHEDULERS:
             ours = family.generate(2, torch.Generator().manual_seed(0), labels, scheduler=name, steps=3, guidance_scale=2.0)
             theirs = results[key]["images"][name]
