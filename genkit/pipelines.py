@@ -172,7 +172,9 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
                 else:
                     ids.append(int(item))
         limit = self.null_label if self.null_label is not None else 0
-        bad = [i for i in ids if not 0 <= i < limit]
+        # a label tensor may also hold the null label: an unconditional image in the batch
+        top = limit + 1 if isinstance(class_labels, torch.Tensor) and self.null_label is not None else limit
+        bad = [i for i in ids if not 0 <= i < top]
         if bad:
             raise ValueError(f"class label(s) {bad} out of range: this model knows {limit} classes (0..{limit - 1})")
         return torch.tensor(ids, dtype=torch.long)

@@ -186,6 +186,11 @@ def test_pipeline_call_options_match_diffusers(runs):
     pipe(**options)
     assert "3/3" in bar.getvalue()
 
+    null = torch.full((2,), family.null_label)  # the app's denoiser asks for the unconditional model this way
+    assert torch.equal(family.generate(2, torch.Generator().manual_seed(0), null, steps=2), family.generate(2, torch.Generator().manual_seed(0), steps=2))
+    with pytest.raises(ValueError, match="out of range"):
+        pipe(class_labels=[family.null_label], **options)
+
     calls = []  # genkit's own callback(i, total, x), kept for the app's previews
     family.generate(2, torch.Generator().manual_seed(0), steps=3, callback=lambda i, n, x: calls.append((i, n, tuple(x.shape))))
     assert calls == [(0, 3, (2, 1, 28, 28)), (1, 3, (2, 1, 28, 28)), (2, 3, (2, 1, 28, 28))]
