@@ -1,15 +1,14 @@
-"""The diffusion sampler: one loop that is right for every Diffusers scheduler, with classifier-free guidance and SDEdit.
+"""genkit's scheduler menu and x0 options around the one sampling loop, `GenkitDiffusionPipeline.__call__`.
 
 `DDPMPipeline` never applies `init_noise_sigma` or `scale_model_input`, so sigma-based schedulers (Euler, Heun) come out
-wrong through it; this loop applies both, passes the generator where the scheduler takes one, and can start from a
-partly noised image (denoising, SDEdit).
+wrong through it; the pipeline's loop applies both, passes the generator where the scheduler takes one, and can start
+from a partly noised image (denoising, SDEdit).
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, replace
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from diffusers import (
@@ -19,10 +18,11 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
-    UNet2DModel,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .pipelines import X0_MODES, GenkitDiffusionPipeline
 
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPMScheduler, {}),
@@ -35,10 +35,8 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "heun": (HeunDiscreteScheduler, {}),
 }
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+NOISE_SCHEDULE = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
 NO_SAMPLE_PREDICTION = {"euler_a"}  # schedulers that raise on prediction_type="sample"
-
-
-X0_MODES = ("none", "clip", "dynamic")
 
 
 @dataclass
@@ -47,36 +45,26 @@ class X0Handling:
 
     `clip` clamps the predicted x0 to [-clip_range, clip_range] (diffusers' `clip_sample`); `dynamic` is Imagen's
     dynamic thresholding: each image's x0 is clamped at the `ratio` quantile of its |pixels| (at least 1, at most
-    `max_value`) and rescaled by it. The scheduler then receives the matching epsilon, so schedulers without these
-    options (DPM-Solver, UniPC, Euler, Heun) get them too.
+    `max_value`) and rescaled by it. The pipeline applies it, so schedulers without these options get them too.
     """
 
-    prediction_type: str = "epsilon"
     mode: str = "none"
     clip_range: float = 1.0
     ratio: float = 0.995
     max_value: float = 1.0
 
-    def to_epsilon(self, pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-        """The model's prediction at x_t (any type) as epsilon, after the x0 handling."""
-        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-        if self.prediction_type == "epsilon" and self.mode == "none":
-            return pred
-        x0 = {"epsilon": (x_t - s * pred) / a, "sample": pred, "v_prediction": a * x_t - s * pred}[self.prediction_type]
-        if self.mode == "clip":
-            x0 = x0.clamp(-self.clip_range, self.clip_range)
-        elif self.mode == "dynamic":
-            level = torch.quantile(x0.abs().flatten(1).float(), self.ratio, dim=1).clamp(1, self.max_value).to(x0.dtype)
-            level = level.view(-1, *[1] * (x0.ndim - 1))
-            x0 = torch.maximum(torch.minimum(x0, level), -level) / level
-        return (x_t - a * x0) / s
+    def pipeline_config(self) -> dict[str, Any]:
+        """The matching `GenkitDiffusionPipeline` options."""
+        if self.mode not in X0_MODES:
+            raise ValueError(f"x0 handling must be one of {X0_MODES}, got {self.mode!r}")
+        return {"x0_handling": self.mode, "clip_sample_range": self.clip_range, "dynamic_thresholding_ratio": self.ratio,
+                "sample_max_value": self.max_value}
 
 
-def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None = None, x0: X0Handling | None = None) -> SchedulerMixin:
+def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None = None) -> SchedulerMixin:
     """A sampling scheduler of kind `name` sharing the training noise schedule (betas, prediction type).
 
-    `x0` (default: no clipping) is applied by `sample` for every scheduler; the scheduler itself is then told to predict
-    epsilon and to clip nothing, so nothing is done twice.
+    The scheduler clips nothing: x0 handling is the pipeline's, so it survives a scheduler swap.
     """
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
@@ -88,77 +76,47 @@ def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None =
     # from_config() replaces keys the training scheduler left at their defaults with the new class's defaults.
     config = dict(train_config)
     extra = {**extra, "timestep_spacing": timestep_spacing or "leading"}
-    handling = replace(x0 or X0Handling(), prediction_type=config.get("prediction_type", "epsilon"))
-    if handling.mode not in X0_MODES:
-        raise ValueError(f"x0 handling must be one of {X0_MODES}, got {handling.mode!r}")
-    converts = handling.mode != "none" or (name in NO_SAMPLE_PREDICTION and handling.prediction_type == "sample")
-    if converts:  # the loop hands the scheduler epsilon (euler_a raises on x0 predictions; clipping is done in the loop)
-        config["prediction_type"] = "epsilon"
+    # the noise schedule is pinned too: left implicit, Heun would take its own default betas (0.00085..0.012) for a
+    # training schedule that kept DDPM's (0.0001..0.02), and sample a different schedule than the one trained
+    extra.update({key: config[key] for key in NOISE_SCHEDULE if key in config})
+    if name in NO_SAMPLE_PREDICTION and config.get("prediction_type") == "sample":
+        config["prediction_type"] = "epsilon"  # euler_a raises on x0 predictions: the pipeline hands it epsilon
     config.update(clip_sample=False, thresholding=False)
-    scheduler = cls.from_config(config, **extra)
-    scheduler.genkit_x0 = handling if converts else None
-    return scheduler
+    return cls.from_config(config, **extra)
 
 
 @torch.no_grad()
 def sample(
-    unet: UNet2DModel,
+    unet: torch.nn.Module,
     scheduler: SchedulerMixin,
     num_images: int,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     class_labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
-    null_label: int | None = None,
     init_images: torch.Tensor | None = None,
     strength: float = 1.0,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    x0: X0Handling | None = None,
+    prediction_type: str | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process; returns images in the model's range (usually [-1, 1]).
+    """Run the reverse process through the pipeline's loop; returns samples in the model's space (usually [-1, 1]).
 
-    With `init_images` and `strength` < 1 the images are noised to that fraction of the schedule and denoised from
-    there (SDEdit). `callback(i, n, x)` sees the current sample after each step (for streaming previews).
+    `prediction_type` is the UNet's (default: the scheduler's); `callback(i, n, x)` sees the sample after each step.
     """
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    device, dtype = unet.device, unet.dtype
-    shape = (num_images, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    guided = class_labels is not None and guidance_scale != 1.0
-    if class_labels is not None:
-        class_labels = class_labels.to(device)
-        if guided and null_label is None:
-            raise ValueError("classifier-free guidance needs the model's null label")
+    pipe = GenkitDiffusionPipeline(unet, scheduler, prediction_type=prediction_type, **(x0 or X0Handling()).pipeline_config())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(num_images, class_labels, guidance_scale, num_inference_steps, generator, image=init_images, strength=strength,
+                output_type="latent", callback_on_step_end=step_callback(callback)).images
 
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = scheduler.timesteps
-    noise = torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device, dtype)
-    if init_images is None:
-        x = noise * scheduler.init_noise_sigma
-    else:
-        if init_images.shape[1:] != shape[1:]:
-            raise ValueError(f"init_images must have shape (N, {shape[1]}, {shape[2]}, {shape[3]}), got {tuple(init_images.shape)}")
-        skip = num_inference_steps - min(max(1, round(num_inference_steps * strength)), num_inference_steps)
-        timesteps = timesteps[skip * scheduler.order :]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(skip * scheduler.order)
-        x = scheduler.add_noise(init_images.to(device, dtype), noise, timesteps[:1].repeat(num_images))
 
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    for i, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(x, t)
-        if guided:
-            both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([class_labels, torch.full_like(class_labels, null_label)])).sample
-            cond, uncond = both.chunk(2)
-            pred = uncond + guidance_scale * (cond - uncond)
-        else:
-            pred = unet(model_input, t, class_labels=class_labels).sample
-        if getattr(scheduler, "genkit_x0", None) is not None:
-            ab = scheduler.alphas_cumprod[int(round(float(t)))].to(device, pred.dtype)
-            pred = scheduler.genkit_x0.to_epsilon(pred, model_input, ab)
-        extra = {"generator": generator} if takes_generator else {}
-        x = scheduler.step(pred, t, x, **extra).prev_sample
-        if callback is not None:
-            callback(i, len(timesteps), x)
-    return x
+def step_callback(callback: Callable[[int, int, torch.Tensor], None] | None) -> Callable | None:
+    """An old-style `callback(i, n, x)` as a Diffusers `callback_on_step_end`."""
+    if callback is None:
+        return None
+
+    def on_step_end(pipe: GenkitDiffusionPipeline, i: int, t: torch.Tensor, tensors: dict) -> dict:
+        callback(i, pipe.num_timesteps, tensors["latents"])
+        return {}
+
+    return on_step_end

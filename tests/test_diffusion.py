@@ -10,9 +10,8 @@ from diffusers import DDPMPipeline, DDPMScheduler
 from genkit.config import ConfigError
 from genkit.engine import train
 from genkit.families.diffusion import PRESETS, build_unet
-from genkit.pipelines import GenkitDiffusionPipeline
 from genkit.runs import load_family
-from genkit.sampling import SCHEDULERS, make_scheduler, sample
+from genkit.sampling import SCHEDULERS, X0Handling, make_scheduler, sample
 
 TRAIN_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
 
@@ -68,7 +67,7 @@ def test_every_scheduler_lands_on_the_data(name, prediction_type, spacing):
     unet = OracleUNet(truth, prediction_type)
     scheduler = make_scheduler(name, {**TRAIN_SCHEDULE, "prediction_type": prediction_type}, timestep_spacing=spacing)
     steps = 100 if name == "ddpm" else 20
-    x = sample(unet, scheduler, 4, steps, torch.Generator().manual_seed(1))
+    x = sample(unet, scheduler, 4, steps, torch.Generator().manual_seed(1), prediction_type=prediction_type)
     assert (x - truth).abs().max() < 0.05, f"{name}/{prediction_type}: max error {(x - truth).abs().max():.3f}"
 
 
@@ -90,7 +89,7 @@ def test_class_labels_pick_the_class_with_and_without_guidance():
     mean = truth.mean(0, keepdim=True)
     for scale in [1.0, 3.0]:
         # DDIM's last step returns the guided x0 prediction: mean + scale * (class image - mean)
-        x = sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 4, 20, torch.Generator().manual_seed(0), labels, scale, null_label=3)
+        x = sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 4, 20, torch.Generator().manual_seed(0), labels, scale)
         assert (x - (mean + scale * (truth[labels] - mean))).abs().max() < 0.05
 
 
@@ -103,7 +102,7 @@ def test_sdedit_keeps_what_low_noise_does_not_destroy():
         assert (x - truth).abs().max() < 0.05, name
     with pytest.raises(ValueError, match="strength"):
         sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 2, 20, init_images=start, strength=0.0)
-    with pytest.raises(ValueError, match="init_images must have shape"):
+    with pytest.raises(ValueError, match="image must have shape"):
         sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 2, 20, init_images=torch.zeros(2, 3, 8, 8), strength=0.5)
 
 
@@ -145,8 +144,10 @@ def test_conditional_run_round_trips_labels(tiny_idx, tmp_path):
                            data={"source": "fashion_mnist", "data_dir": str(tiny_idx), "value_range": "-1,1"})
     train(cfg)
     run = tmp_path / "run"
-    assert json.loads((run / "model_index.json").read_text())["_class_name"] == "GenkitDiffusionPipeline"
-    pipe = GenkitDiffusionPipeline.from_pretrained(str(run))
+    index = json.loads((run / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "GenkitDiffusionPipeline"] and (run / "pipeline.py").is_file()
+    assert index["id2label"]["7"] == "Sneaker" and index["x0_handling"] == "clip" and index["decoder"] == [None, None]
+    pipe = load_family(str(run)).pipeline()
     assert pipe.id2label == dict(enumerate(FASHION_MNIST_NAMES))
     assert pipe.unet.config.num_class_embeds == 11 and pipe.null_label == 10
     out = pipe(class_labels=["Sneaker", 3], guidance_scale=2.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt")
@@ -203,20 +204,18 @@ def test_latent_diffusion_in_a_vae_latent_space(tiny_idx, tmp_path):
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_x0_clipping_and_dynamic_thresholding_work_for_every_scheduler(name):
-    from genkit.sampling import X0Handling
-
     inside = targets(1)  # data in [-1, 1]: clipping must not move the result
-    x = sample(OracleUNet(inside), make_scheduler(name, TRAIN_SCHEDULE, x0=X0Handling(mode="clip")), 2, 100 if name == "ddpm" else 20,
-               torch.Generator().manual_seed(1))
+    x = sample(OracleUNet(inside), make_scheduler(name, TRAIN_SCHEDULE), 2, 100 if name == "ddpm" else 20, torch.Generator().manual_seed(1),
+               x0=X0Handling(mode="clip"))
     assert (x - inside).abs().max() < 0.05
     outside = inside * 3  # an over-range x0 (a model that overshoots): clipped into [-1, 1], rescaled by dynamic thresholding
-    clipped = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE, x0=X0Handling(mode="clip")), 2, 20, torch.Generator().manual_seed(1))
+    clipped = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE), 2, 20, torch.Generator().manual_seed(1), x0=X0Handling(mode="clip"))
     assert clipped.abs().max() < 1.05 and (clipped - outside.clamp(-1, 1)).abs().mean() < 0.1
     dynamic = X0Handling(mode="dynamic", ratio=1.0, max_value=10.0)
-    scaled = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE, x0=dynamic), 2, 20, torch.Generator().manual_seed(1))
+    scaled = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE), 2, 20, torch.Generator().manual_seed(1), x0=dynamic)
     assert scaled.abs().max() < 1.05 and (scaled - outside / outside.abs().max()).abs().mean() < 0.1
     unclipped = sample(OracleUNet(outside), make_scheduler(name, TRAIN_SCHEDULE), 2, 100 if name == "ddpm" else 20, torch.Generator().manual_seed(1))
-    assert unclipped.abs().max() > 2  # the default of make_scheduler leaves x0 alone
+    assert unclipped.abs().max() > 2  # the default of sample leaves x0 alone
 
 
 def test_clip_sample_defaults_on_for_pixels_and_is_exported(tiny_idx, tmp_path):
@@ -239,3 +238,10 @@ def test_clip_sample_defaults_on_for_pixels_and_is_exported(tiny_idx, tmp_path):
     assert DiffusionFamily(off, family.info).x0_handling().mode == "none"
     dyn = tiny_config(tiny_idx, tmp_path / "dyn", **{**base, "model": {"preset": "tiny", "thresholding": True}})
     assert DiffusionFamily(dyn, family.info).noise_scheduler.config.thresholding is True
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_every_sampling_scheduler_keeps_the_training_noise_schedule(beta_schedule):
+    train_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule)  # betas left at DDPM's defaults
+    for name in SCHEDULERS:
+        assert torch.equal(make_scheduler(name, train_schedule.config).alphas_cumprod, train_schedule.alphas_cumprod), name

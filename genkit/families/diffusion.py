@@ -1,6 +1,7 @@
 """Denoising diffusion on Diffusers: `UNet2DModel` + `DDPMScheduler` training, any scheduler for sampling.
 
-Unconditional runs are saved as a `DDPMPipeline`, class-conditional ones as a `GenkitDiffusionPipeline`.
+Unconditional pixel runs are saved as a `DDPMPipeline`; class-conditional and latent runs as a `GenkitDiffusionPipeline`
+whose code travels with them (`pipeline.py`), so they load in stock Diffusers with `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import compute_snr
 
 from ..config import ConfigError, TrainConfig
-from ..pipelines import GenkitDiffusionPipeline
-from ..sampling import SCHEDULERS, X0Handling, make_scheduler, sample
+from ..pipelines import GenkitDiffusionPipeline, LatentDecoder, decode_samples
+from ..sampling import SCHEDULERS, X0Handling, make_scheduler, step_callback
 from .base import Family, save_without_card, unwrap
 
 # channels per resolution level; every preset has 3 levels, so 28x28 (28 -> 14 -> 7) and 32x32 both work
@@ -98,7 +99,11 @@ class DiffusionFamily(Family):
         if self.autoencoder is None and config.model.get("autoencoder"):
             self.autoencoder = self._load_autoencoder(config.model["autoencoder"])
         super().__init__(config, info, models)
-        # the exported scheduler carries the x0 handling too, so a stock DDPMPipeline samples as genkit does
+        # the decoder a latent run's pipeline carries: the autoencoder's own layers, exported without its class
+        self.decoder = None if self.autoencoder is None else LatentDecoder.from_module(
+            self.autoencoder.decoder, self.autoencoder.image_shape, self.option("latent_scale"),
+            "identity" if getattr(self.autoencoder, "linear", False) else "sigmoid")
+        # an unconditional run's exported scheduler carries the x0 handling too, so a stock DDPMPipeline samples as genkit does
         x0 = self.x0_handling()
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.option("num_train_timesteps"), beta_schedule=self.option("beta_schedule"),
                                              prediction_type=self.option("prediction_type"), clip_sample=x0.mode == "clip",
@@ -111,8 +116,7 @@ class DiffusionFamily(Family):
             clip = self.option("clip_sample")
             clip = self.autoencoder is None if clip is None else clip  # pixels live in [-1, 1]; latents have no such bound
             mode = "dynamic" if self.option("thresholding") else "clip" if clip else "none"
-        return X0Handling(self.option("prediction_type"), mode, self.option("clip_sample_range"), self.option("dynamic_thresholding_ratio"),
-                          self.option("sample_max_value"))
+        return X0Handling(mode, self.option("clip_sample_range"), self.option("dynamic_thresholding_ratio"), self.option("sample_max_value"))
 
     @property
     def conditional(self) -> bool:
@@ -143,11 +147,6 @@ class DiffusionFamily(Family):
         code = self.autoencoder.encode((images.float() + 1) / 2)
         code = code[0] if isinstance(code, tuple) else code  # VAE: the posterior mean
         return code.view(len(code), -1, 4, 4) * self.option("latent_scale")
-
-    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latent maps -> decoded images in [0, 1]."""
-        self.autoencoder.to(latents.device)
-        return self.autoencoder.decode(latents.flatten(1).float() / self.option("latent_scale")).clamp(0, 1)
 
     def build(self) -> dict[str, torch.nn.Module]:
         """Fresh modules for this family."""
@@ -190,15 +189,21 @@ class DiffusionFamily(Family):
         return {"eval_loss": loss.item()}
 
     def pipeline(self, scheduler: str | None = None, timestep_spacing: str | None = None, x0: str | None = None) -> GenkitDiffusionPipeline:
-        """A pipeline over the current UNet with a sampling scheduler (default: the run's `model.sampler`)."""
-        sched = make_scheduler(scheduler or self.option("sampler"), self.noise_scheduler.config, timestep_spacing or self.option("timestep_spacing"),
-                               self.x0_handling(x0))
+        """A pipeline over the current UNet (and decoder) with a sampling scheduler (default: the run's `model.sampler`)."""
+        sched = make_scheduler(scheduler or self.option("sampler"), self.noise_scheduler.config, timestep_spacing or self.option("timestep_spacing"))
+        unet = unwrap(self.models["unet"])
+        if self.decoder is not None:
+            self.decoder.to(unet.device)
         id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
-        return GenkitDiffusionPipeline(unwrap(self.models["unet"]), sched, id2label)
+        pipe = GenkitDiffusionPipeline(unet, sched, self.decoder, id2label, self.option("prediction_type"), **self.x0_handling(x0).pipeline_config())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Samples in model space (pixels in [-1, 1] or latents) -> images in [0, 1]."""
-        return self.from_latent(x) if self.autoencoder is not None else ((x.float() + 1) / 2).clamp(0, 1)
+        if self.decoder is not None:
+            self.decoder.to(x.device)
+        return decode_samples(x, self.decoder)
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None = None, scheduler: str | None = None,
@@ -210,14 +215,11 @@ class DiffusionFamily(Family):
         the run's clipping of predicted clean images: none, clip or dynamic.
         """
         pipe = self.pipeline(scheduler, timestep_spacing, x0)
-        if self.conditional and class_labels is None:
-            class_labels = torch.full((n,), self.null_label, dtype=torch.long)
         scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
         if init_images is not None:
             init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
-        x = sample(pipe.unet, pipe.scheduler, n, self.option("sample_steps") if steps is None else steps, generator, class_labels, scale, self.null_label,
-                   init_images=init_images, strength=strength, callback=callback)
-        return self.to_images(x)
+        return pipe(n, class_labels, scale, self.option("sample_steps") if steps is None else steps, generator, image=init_images, strength=strength,
+                    output_type="pt", callback_on_step_end=step_callback(callback)).images
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -230,14 +232,12 @@ class DiffusionFamily(Family):
 
     def save(self, directory: str | Path) -> None:
         """Export the pipeline (and, for latent diffusion, its autoencoder) into `directory`."""
-        unet = unwrap(self.models["unet"])
-        if self.autoencoder is not None:  # the decoder travels with the run, so it samples without the original folder
+        if self.autoencoder is not None:  # genkit's own copy (its encoder serves SDEdit); the pipeline carries the decoder
             save_without_card(self.autoencoder, Path(directory) / "autoencoder")
         if self.conditional or self.autoencoder is not None:
-            id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
-            GenkitDiffusionPipeline(unet, self.noise_scheduler, id2label).save_pretrained(directory)
+            self.pipeline().save_pretrained(directory)  # the run's sampler and x0 handling: it samples as `genkit sample` does
         else:
-            DDPMPipeline(unet=unet, scheduler=self.noise_scheduler).save_pretrained(directory)
+            DDPMPipeline(unet=unwrap(self.models["unet"]), scheduler=self.noise_scheduler).save_pretrained(directory)
 
     @classmethod
     def required_files(cls) -> list[str]:
@@ -246,8 +246,9 @@ class DiffusionFamily(Family):
 
     @classmethod
     def export_files(cls) -> list[str]:
-        """The pipeline, and the autoencoder of latent diffusion runs."""
-        return [*cls.required_files(), "autoencoder/config.json", "autoencoder/model.safetensors"]
+        """The pipeline (with its code, for conditional and latent runs), and the autoencoder and decoder of latent runs."""
+        return [*cls.required_files(), "pipeline.py", "autoencoder/config.json", "autoencoder/model.safetensors",
+                "decoder/config.json", "decoder/diffusion_pytorch_model.safetensors", "decoder/pipeline.py"]
 
     @classmethod
     def load_models(cls, directory: str | Path) -> dict[str, torch.nn.Module]:
