@@ -172,7 +172,6 @@ class TrainConfig:
             raise ConfigError(f"data.decode_workers must be >= 1 (or null for every core), got {d.decode_workers}")
         if self.fused_optimizer and self.optimizer == "sgd":
             raise ConfigError("fused_optimizer applies to adam and adamw; set it to null or false with optimizer sgd")
-        trackers(self.log_with)
         for name in ["batch_size", "gradient_accumulation_steps", "keep_last", "log_every", "eval_batches", "num_samples"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -201,20 +200,6 @@ class TrainConfig:
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id (e.g. your-name/genkit-mnist-ae)")
         return self
-
-
-def trackers(log_with: str | None) -> list[str]:
-    """The trackers named by `log_with` (comma-separated; none or null: no tracker), each one accelerate knows."""
-    from accelerate.utils import LoggerType
-
-    names = [n.strip().lower() for n in (log_with or "none").split(",") if n.strip()]
-    if names in ([], ["none"]):
-        return []
-    known = [t.value for t in LoggerType]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"log_with: unknown tracker(s) {', '.join(map(repr, unknown))}; choose from none, {', '.join(known)} (comma-separated)")
-    return names
 
 
 def _choice(name: str, value: Any, allowed: list[Any]) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from accelerate import Accelerator
 from PIL import Image
 
-from .config import ConfigError, TrainConfig, trackers
+from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,23 @@ def resolve_mixed_precision(config: TrainConfig, resumed_run: Path | None = None
     if value not in PRECISIONS:
         raise ConfigError(f"the launcher asks for mixed precision {value!r} (ACCELERATE_MIXED_PRECISION); genkit trains with {', '.join(PRECISIONS)}")
     return value
+
+
+def trackers(log_with: str | None) -> list[str]:
+    """The trackers named by `log_with` (comma-separated; none or null: no tracker), each one accelerate knows.
+
+    Checked here, not in TrainConfig.validate: accelerate's list imports torch, and the CLI reads configs without it.
+    """
+    from accelerate.utils import LoggerType
+
+    names = [n.strip().lower() for n in (log_with or "none").split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    known = [t.value for t in LoggerType]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"log_with: unknown tracker(s) {', '.join(map(repr, unknown))}; choose from none, {', '.join(known)} (comma-separated)")
+    return names
 
 
 def available_trackers(config: TrainConfig) -> list[str]:

@@ -12,6 +12,7 @@ from conftest import tiny_config
 
 from genkit.config import ConfigError, TrainConfig
 from genkit.engine import train
+from genkit.tracking import trackers
 
 
 def saved_precision(run_dir: Path) -> str:
@@ -38,9 +39,10 @@ def test_mixed_precision_follows_the_launcher_unless_the_config_says(tiny_idx, t
 
 def test_log_with_takes_accelerates_trackers_and_names_the_rest(tiny_idx, tmp_path):
     for value in ["none", None, "tensorboard", "trackio, tensorboard", "all", "wandb", "mlflow", "comet_ml"]:
-        TrainConfig.from_dict({"log_with": value})
+        trackers(TrainConfig.from_dict({"log_with": value}).log_with)
     with pytest.raises(ConfigError, match="unknown tracker.s. 'tensorbord'; choose from none, all, .*tensorboard"):
-        TrainConfig.from_dict({"log_with": "tensorbord"})
+        train(tiny_config(tiny_idx, tmp_path / "typo", log_with="tensorbord"))
+    assert not (tmp_path / "typo" / "training_config.json").exists()
     with pytest.raises(ConfigError, match="mlflow is not installed here"):  # accelerate alone would skip it silently
         train(tiny_config(tiny_idx, tmp_path / "run", log_with="mlflow"))
     assert not (tmp_path / "run" / "training_config.json").exists()
@@ -63,6 +65,7 @@ TRACKIO_RUN = """
 import sys
 from conftest import tiny_config
 from genkit.engine import train
+from genkit.tracking import trackers
 train(tiny_config(sys.argv[1], sys.argv[2], log_with="trackio", max_steps=4, eval_every=2))
 """
 
