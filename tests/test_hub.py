@@ -317,11 +317,7 @@ def dry_run(run: Path, folder: Path, repo_id: str = "someone/model") -> tuple[Pa
     return folder, code.replace(f'"{repo_id}"', repr(str(folder)))
 
 
-CONDITIONAL_PIPELINE = pytest.mark.xfail(reason="pipeline.py (DiffusionPipeline with trust_remote_code) ships with the conditional-"
-                                                "diffusion work of another branch; turn on at merge", strict=False)
-
-
-@pytest.mark.parametrize("name", ["autoencoder", "vae", "gan", "rbm", "diffusion", pytest.param("diffusion-conditional", marks=CONDITIONAL_PIPELINE)])
+@pytest.mark.parametrize("name", ["autoencoder", "vae", "gan", "rbm", "diffusion", "diffusion-conditional"])
 def test_card_snippet_runs_against_the_uploaded_folder(family_runs, name, tmp_path, monkeypatch):
     folder, code = dry_run(family_runs[name], tmp_path / "upload")
     assert not [p for p in family_runs[name].rglob("README.md")]  # the hub mixin wrote no placeholder card anywhere in the run
@@ -352,8 +348,8 @@ def test_readme_what_loads_where_rows_load(family_runs, tmp_path, monkeypatch):
         assert load_family(str(folder)).name == row["family"].split("-")[0]  # genkit's loader takes every family
         module, _, name = row["loader"].rpartition(".")
         scope = {name: getattr(importlib.import_module(module), name), "repo_id": str(folder)}
-        if not (run / "pipeline.py").is_file() and "trust_remote_code" in row["snippet"]:
-            continue  # pipeline.py ships with the conditional-diffusion work of another branch: checked once it is there
+        if "trust_remote_code" in row["snippet"]:
+            assert (folder / "pipeline.py").is_file() and "pipeline.py" in (folder / "model_index.json").read_text()
         loaded = eval(row["snippet"], scope)
         assert type(loaded).__name__ in (name, "GenkitDiffusionPipeline") or isinstance(loaded, scope[name]), row
 
