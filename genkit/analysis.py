@@ -57,8 +57,18 @@ def binary_code_source(family) -> str | None:
     return None
 
 
-def analyze_run(family, out: Path, num_images: int = 5000, train_images: int = 10000, code_threshold: float = 0.5, min_support: float = 0.02,
-                min_confidence: float = 0.5, max_units: int = 2, top_rules: int = 10, knn_k: int = 5, stream=None) -> dict[str, Any]:
+def default_code_threshold(family, latents: np.ndarray) -> float:
+    """Where a unit counts as active: 0.5 for RBM hidden probabilities; for a sparse autoencoder, the value that the
+    sparsity target's share of all code values exceeds (its 95th percentile for the usual 5 % target)."""
+    if hasattr(family.models["model"], "hidden_probs"):
+        return 0.5
+    target = family.option("sparsity_target") if family.config.model.get("sparsity") == "kl" else 0.05
+    return float(np.quantile(latents, 1 - target))
+
+
+def analyze_run(family, out: Path, num_images: int = 5000, train_images: int = 10000, code_threshold: float | None = None,
+                min_support: float = 0.02, min_confidence: float = 0.5, max_units: int = 2, max_items: int = 40, top_rules: int = 10,
+                knn_k: int = 5, stream=None) -> dict[str, Any]:
     """Analyse the latents of `family` on the evaluation split; write plots, tables and `analysis.json` into `out`; return the report."""
     from . import latents as lat
     from .evaluation import real_images, to_unit
@@ -96,8 +106,9 @@ def analyze_run(family, out: Path, num_images: int = 5000, train_images: int = 1
         report["knn_anomaly"] = _anomaly(family, test, latents, labels, train_latents, train_labels, knn_k, out)
     if codes_from:
         with stage("association rules {units} -> class (Apriori)"):
-            report["association"] = _association(latents, labels, names, codes_from, code_threshold, min_support, min_confidence, max_units,
-                                                 top_rules, out)
+            threshold = default_code_threshold(family, latents) if code_threshold is None else code_threshold
+            report["association"] = _association(latents, labels, names, codes_from, threshold, min_support, min_confidence, max_units,
+                                                 max_items, top_rules, out)
     with stage("PCA / ICA / t-SNE plot"):
         report["plot"] = str(lat.plot_embeddings(latents, labels, names, out / "latents.png", ica=ica))
     with stage("SOM plot"):
@@ -141,15 +152,16 @@ def _anomaly(family, test, latents, labels, train_latents, train_labels, k, out:
     return result
 
 
-def _association(latents, labels, names, codes_from, threshold, min_support, min_confidence, max_units, top, out: Path) -> dict[str, Any]:
+def _association(latents, labels, names, codes_from, threshold, min_support, min_confidence, max_units, max_items, top, out: Path) -> dict[str, Any]:
     """Rules {units} -> class among the active units; every rule to CSV/JSON, the strongest in the report, a plot."""
     from . import association as assoc
 
     codes = assoc.binary_codes(latents, threshold)
-    rules = assoc.class_rules(codes, labels, names, min_support, min_confidence, max_units)
+    rules = assoc.class_rules(codes, labels, names, min_support, min_confidence, max_units, max_items)
     csv_path, json_path = assoc.save_rules(rules, out)
     plot = assoc.plot_rules(rules, out / "association_rules.png")
-    return {"codes": f"{codes_from} > {threshold}", "units": int(codes.shape[1]), "active_units_per_image": float(codes.sum(1).mean()),
+    return {"codes": f"{codes_from} > {threshold:.4g}", "units": int(codes.shape[1]), "units_mined": min(max_items, int(codes.shape[1])),
+            "active_units_per_image": float(codes.sum(1).mean()),
             "units_ever_active": int(codes.any(0).sum()), "min_support": min_support, "min_confidence": min_confidence, "max_units": max_units,
             "rules": int(len(rules)), "top_rules": assoc.rules_to_records(rules, top),
             "csv": str(csv_path), "json": str(json_path), "plot": str(plot) if plot else None}

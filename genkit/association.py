@@ -21,17 +21,31 @@ def binary_codes(latents: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.asarray(latents) > threshold
 
 
+def informative_units(codes: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """The `n` units whose activity tells most about the class (mutual information), in unit order."""
+    from sklearn.feature_selection import mutual_info_classif
+
+    if codes.shape[1] <= n:
+        return np.arange(codes.shape[1])
+    information = mutual_info_classif(codes, labels, discrete_features=True, random_state=0)
+    return np.sort(np.argsort(-information, kind="stable")[:n])
+
+
 def class_rules(codes: np.ndarray, labels: np.ndarray, class_names: list[str], min_support: float = 0.02, min_confidence: float = 0.5,
-                max_units: int = 2, algorithm: str = "apriori") -> pd.DataFrame:
+                max_units: int = 2, max_items: int = 40, algorithm: str = "apriori") -> pd.DataFrame:
     """Rules {units} -> class among frequent itemsets of active units and classes, strongest lift first.
 
+    Only the `max_items` units most informative about the class are items: dense codes (an RBM's units fire for 30-85 %
+    of MNIST digits) make every pair of hundreds of units frequent, which no miner lists in reasonable time.
     `algorithm`: apriori (the course's) or fpgrowth; both find the same frequent itemsets (as Eclat would).
     """
     from mlxtend.frequent_patterns import apriori, association_rules, fpgrowth
 
     if algorithm not in ("apriori", "fpgrowth"):
         raise ValueError(f"algorithm must be 'apriori' or 'fpgrowth', got {algorithm!r}")
-    items = pd.DataFrame(np.asarray(codes, dtype=bool), columns=[f"u{i}" for i in range(codes.shape[1])])
+    codes = np.asarray(codes, dtype=bool)
+    units = informative_units(codes, labels, max_items)
+    items = pd.DataFrame(codes[:, units], columns=[f"u{i}" for i in units])
     for index, name in enumerate(class_names):
         items[f"class={name}"] = np.asarray(labels) == index
     options = {"low_memory": True} if algorithm == "apriori" else {}  # low_memory: 10x faster on hundreds of units (measured)

@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the plots, tables and analysis.json (default: the run directory)")
     p.add_argument("--train-images", type=int, default=10000, help="training images for the k-NN probe and anomaly scores")
     p.add_argument("--knn-k", type=int, default=5, help="neighbours of the k-NN anomaly score (the probe picks its own k)")
-    p.add_argument("--code-threshold", type=float, default=0.5, help="RBM / sparse autoencoder: a unit is active above this value")
+    p.add_argument("--code-threshold", type=float, default=None,
+                   help="a unit is active above this value (default: 0.5 for RBMs; sparse autoencoders: the quantile of their sparsity target)")
     p.add_argument("--min-support", type=float, default=0.02, help="association rules: minimum support P(units and class)")
     p.add_argument("--min-confidence", type=float, default=0.5, help="association rules: minimum confidence P(class | units)")
     p.add_argument("--max-units", type=int, default=2, help="association rules: at most this many units on the left of a rule")
+    p.add_argument("--max-items", type=int, default=40, help="association rules: mine the N units most informative about the class")
     p.add_argument("--top-rules", type=int, default=10, help="association rules printed and kept in analysis.json (all go to the CSV)")
     p.add_argument("--device", default=default_device(), help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     p = sub.add_parser("push", help="upload a run to the Hugging Face Hub (weights, configs, grid, model card)")
@@ -260,7 +262,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from .latents import has_encoder
     from .runs import resolve
 
-    for name in ["num_images", "train_images", "max_units", "top_rules", "knn_k"]:
+    for name in ["num_images", "train_images", "max_units", "max_items", "top_rules", "knn_k"]:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ["min_support", "min_confidence"]:
@@ -271,7 +273,7 @@ def _analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run} is a {family.config.family} run: latent analysis needs an encoder (autoencoder, vae, rbm)")
     out = Path(args.out or resolve(args.run))
     report = analyze_run(family, out, args.num_images, args.train_images, args.code_threshold, args.min_support, args.min_confidence,
-                         args.max_units, args.top_rules, args.knn_k)
+                         args.max_units, args.max_items, args.top_rules, args.knn_k)
     (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     if "association" in report:  # after the JSON, for a reader at the terminal

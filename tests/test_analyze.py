@@ -108,3 +108,12 @@ def test_analyze_rbm_run_with_unseen_class(tiny_idx, tmp_path, capsys):
         assert rule["support"] == pytest.approx((fires & is_class).mean())
         assert rule["confidence"] == pytest.approx((fires & is_class).sum() / fires.sum())
         assert rule["lift"] == pytest.approx(rule["confidence"] / is_class.mean())
+
+
+def test_only_the_units_most_informative_about_the_class_are_mined():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(4), 50)
+    codes = rng.random((200, 60)) < 0.5  # dense, class-blind units: every pair is frequent
+    codes[:, 3] = codes[:, 7] = labels == 2  # units 3 and 7: exactly class 2
+    rules = class_rules(codes, labels, ["a", "b", "c", "d"], min_support=0.05, max_items=2)
+    assert set(map(tuple, rules["units"])) == {(3,), (7,), (3, 7)} and (rules["lift"] == 4.0).all()
