@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -66,9 +67,13 @@ def prepare(config: TrainConfig, family_cls: type[Family]) -> None:
 
     if family_cls.generate is Family.generate:
         raise ConfigError(f"eval_generation_every: the {family_cls.name} family does not generate images; use eval_every metrics instead")
+    from accelerate.state import PartialState
+
     from .evaluation import get_classifier
 
     get_classifier(config.data)
+    # the classifier's run ended by tearing the process group down; forget it, so this run's Accelerator starts a new one
+    PartialState._reset_state()
 
 
 def due(config: TrainConfig, step: int, at_end: bool) -> bool:
@@ -87,7 +92,7 @@ def generation_metrics(family: Family, config: TrainConfig, accelerator: Acceler
         for model in family.models.values():
             model.eval()
         devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the training RNG stream stays as without evaluation (exact resumes)
+        with torch.random.fork_rng(devices=devices), _alone(accelerator.num_processes > 1):  # fork: the training RNG stream stays as is
             result = evaluation.evaluate_generation(family, num_samples=config.eval_generation_samples, device=accelerator.device, seed=config.seed)
         for model in family.models.values():
             model.train()
@@ -98,6 +103,23 @@ def generation_metrics(family: Family, config: TrainConfig, accelerator: Acceler
 
         metrics = broadcast_object_list([metrics])[0]
     return metrics
+
+
+@contextlib.contextmanager
+def _alone(multi_process: bool) -> Iterator[None]:
+    """torchmetrics metrics made in this block compute on this process's data only: by default they gather from every
+    process when torch.distributed is up, which would wait forever for the processes that do not evaluate."""
+    if not multi_process:
+        yield
+        return
+    import torchmetrics.metric
+
+    original = torchmetrics.metric.jit_distributed_available  # read by each Metric as its distributed_available_fn
+    torchmetrics.metric.jit_distributed_available = lambda: False
+    try:
+        yield
+    finally:
+        torchmetrics.metric.jit_distributed_available = original
 
 
 def update_best(state: dict[str, Any], metrics: dict[str, float], config: TrainConfig) -> bool:

@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +74,19 @@ def test_metric_modes_and_bad_keys(tiny_idx, tmp_path):
             gan_config(tiny_idx, tmp_path / "bad", **overrides)
     with pytest.raises(ConfigError, match="does not generate"):
         train(tiny_config(tiny_idx, tmp_path / "ae", eval_generation_every=2))
+
+
+def test_two_processes_only_the_main_one_evaluates_and_both_agree(tiny_idx, tmp_path):
+    from test_distributed import free_port
+
+    worker = Path(__file__).with_name("two_process_gen_eval_worker.py")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(worker), str(tiny_idx), str(tmp_path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    assert r0["calls"] == [16, 16] and r1["calls"] == []
+    assert r0["summary"]["best_checkpoint"] == r1["summary"]["best_checkpoint"] and r0["summary"]["fid"] == r1["summary"]["fid"]
+    best = r0["summary"]["best_checkpoint"]["step"]
+    assert (tmp_path / "run" / "checkpoints" / f"step-{best:07d}").is_dir() and r0["summary"]["exported_step"] == best
