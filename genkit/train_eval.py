@@ -69,9 +69,10 @@ def prepare(config: TrainConfig, family_cls: type[Family]) -> None:
         raise ConfigError(f"eval_generation_every: the {family_cls.name} family does not generate images; use eval_every metrics instead")
     from accelerate.state import PartialState
 
-    from .evaluation import get_classifier
+    from .evaluation import get_classifier, real_pair
 
     get_classifier(config.data)
+    real_pair(config.data, config.eval_generation_samples)  # too few evaluation images: a ConfigError now, not at the first evaluation
     # the classifier's run ended by tearing the process group down; forget it, so this run's Accelerator starts a new one
     PartialState._reset_state()
 

@@ -74,6 +74,9 @@ def test_metric_modes_and_bad_keys(tiny_idx, tmp_path):
             gan_config(tiny_idx, tmp_path / "bad", **overrides)
     with pytest.raises(ConfigError, match="does not generate"):
         train(tiny_config(tiny_idx, tmp_path / "ae", eval_generation_every=2))
+    with pytest.raises(ConfigError, match="too few for two disjoint sets of 40"):  # 64 test images: found before any training
+        train(gan_config(tiny_idx, tmp_path / "big", eval_generation_every=2, eval_generation_samples=40))
+    assert not (tmp_path / "big" / "checkpoints").exists()
 
 
 def test_two_processes_only_the_main_one_evaluates_and_both_agree(tiny_idx, tmp_path):
