@@ -117,3 +117,20 @@ def test_only_the_units_most_informative_about_the_class_are_mined():
     codes[:, 3] = codes[:, 7] = labels == 2  # units 3 and 7: exactly class 2
     rules = class_rules(codes, labels, ["a", "b", "c", "d"], min_support=0.05, max_items=2)
     assert set(map(tuple, rules["units"])) == {(3,), (7,), (3, 7)} and (rules["lift"] == 4.0).all()
+
+
+def test_which_codes_are_binary_and_where_a_sparse_unit_counts_as_active():
+    from types import SimpleNamespace
+
+    from genkit.analysis import binary_code_source, default_code_threshold
+
+    def family(model, options):
+        return SimpleNamespace(models={"model": model}, config=SimpleNamespace(family="autoencoder", model=options), option=lambda key: 0.1)
+
+    codes = np.random.default_rng(0).random((500, 20))
+    kl, l1, dense = family(object(), {"sparsity": "kl"}), family(object(), {"sparsity": "l1"}), family(object(), {})
+    assert (codes > default_code_threshold(kl, codes)).mean() == pytest.approx(0.10, abs=1e-3)  # the KL target: 10 % active
+    assert (codes > default_code_threshold(l1, codes)).mean() == pytest.approx(0.05, abs=1e-3)
+    rbm = family(SimpleNamespace(hidden_probs=None), {})
+    assert default_code_threshold(rbm, codes) == 0.5 and binary_code_source(rbm) == "RBM hidden probabilities"
+    assert binary_code_source(kl).startswith("sparse (kl)") and binary_code_source(dense) is None
