@@ -48,7 +48,7 @@ def test_best_checkpoint_survives_rotation_resume_and_early_stopping(tiny_idx, t
     monkeypatch.setattr(evaluation, "get_classifier", lambda *args, **kwargs: None)
     monkeypatch.setattr(evaluation, "evaluate_generation", lambda family, **kwargs: {"fid": next(fids), "num_samples": kwargs["num_samples"]})
     run = tmp_path / "run"
-    keys = {"eval_generation_every": 2, "save_best": "fid", "keep_last": 1, "export_best": True}
+    keys = {"eval_generation_every": 2, "eval_generation_samples": 16, "save_best": "fid", "keep_last": 1, "export_best": True}
     first = train(gan_config(tiny_idx, run, max_steps=6, **keys))
     assert first["best_checkpoint"] == {"metric": "fid", "value": 1.0, "step": 4} and first["exported_step"] == 4
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]  # keep_last=1, plus the best
