@@ -145,15 +145,17 @@ def clear(tmp: Path) -> None:
 
 
 def finalize(tmp: Path, run_dir: str | Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
-    """Write the trainer state, move the checkpoint into place and drop the oldest beyond `keep_last`."""
+    """Write the trainer state, move the checkpoint into place and drop the oldest beyond `keep_last` (never the best one)."""
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     usual_permissions(tmp)
     final = checkpoint_dir(run_dir, step)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    best = (state.get("best_checkpoint") or {}).get("step")
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if best is None or old != checkpoint_dir(run_dir, best):
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -86,11 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-images", default="1000", help="VAE: test images for the NLL, or 'all'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help=DEVICE_HELP)
-    p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering ARI/NMI, PCA/t-SNE plot, PCA comparison")
+    p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering, ICA, SOM, k-NN probe and anomaly scores, association rules")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-images", type=int, default=5000)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=None, help="folder for the plot and analysis.json (default: the run directory)")
+    p.add_argument("--out", default=None, help="folder for the plots, tables and analysis.json (default: the run directory)")
+    p.add_argument("--train-images", type=int, default=10000, help="training images for the k-NN probe and anomaly scores")
+    p.add_argument("--knn-k", type=int, default=5, help="neighbours of the k-NN anomaly score (the probe picks its own k)")
+    p.add_argument("--code-threshold", type=float, default=None,
+                   help="a unit is active above this value (default: 0.5 for RBMs; sparse autoencoders: the quantile of their sparsity target)")
+    p.add_argument("--min-support", type=float, default=0.02, help="association rules: minimum support P(units and class)")
+    p.add_argument("--min-confidence", type=float, default=0.5, help="association rules: minimum confidence P(class | units)")
+    p.add_argument("--max-units", type=int, default=2, help="association rules: at most this many units on the left of a rule")
+    p.add_argument("--max-items", type=int, default=40, help="association rules: mine the N units most informative about the class")
+    p.add_argument("--top-rules", type=int, default=10, help="association rules printed and kept in analysis.json (all go to the CSV)")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p = sub.add_parser("push", help="upload a run to the Hugging Face Hub (weights, configs, grid, model card)")
     p.add_argument("run", help="run directory")
@@ -291,46 +300,31 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .evaluation import real_images, to_unit
-    from .latents import (
-        clustering_scores,
-        encode,
-        has_encoder,
-        ica_components,
-        pca_baseline,
-        pca_components,
-        plot_embeddings,
-        plot_som,
-        som_scores,
-        subspace_angles_to_pca,
-        to_flat,
-    )
+    from .analysis import analyze_run
+    from .association import format_rules
+    from .latents import has_encoder
     from .runs import resolve
 
+    for name in ["num_images", "train_images", "max_units", "max_items", "top_rules", "knn_k"]:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ["min_support", "min_confidence"]:
+        if not 0 < getattr(args, name) <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
     family = _load_run(args)
     if not has_encoder(family):
         raise ConfigError(f"{args.run} is a {family.config.family} run: latent analysis needs an encoder (autoencoder, vae, rbm)")
-    data = family.config.data
-    test = real_images(data, data.eval_split or data.split, args.num_images)
-    latents = encode(family, to_unit(test))
-    labels = test.labels.numpy()
-    k = family.info.num_classes
     out = Path(args.out or resolve(args.run))
-    out.mkdir(parents=True, exist_ok=True)
-    ica = ica_components(latents)
-    som, som_map, som_points, som_labels = som_scores(latents, labels, k)
-    report = {"latent_dim": int(latents.shape[1]), "clustering": clustering_scores(latents, labels, k),
-              "pca_clustering": clustering_scores(pca_components(latents, ica.shape[1]), labels, k),
-              "ica_clustering": clustering_scores(ica, labels, k), "ica_components": int(ica.shape[1]), "som": som,
-              "plot": str(plot_embeddings(latents, labels, family.info.class_names, out / "latents.png", ica=ica)),
-              "som_plot": str(plot_som(som_map, som_points, som_labels, family.info.class_names, out / "som.png"))}
-    model = family.models["model"]
-    if getattr(model, "latent_dim", None) and family.config.model.get("linear"):
-        _, pca = pca_baseline(to_flat(real_images(data, data.split, 10000)), to_flat(test), model.latent_dim)
-        angles = subspace_angles_to_pca(model.decoder[-1].weight.detach().cpu().numpy(), pca)
-        report["linear_ae_vs_pca"] = {"max_principal_angle_deg": float(angles.max()), "mean_principal_angle_deg": float(angles.mean())}
+    report = analyze_run(family, out, args.num_images, args.train_images, args.code_threshold, args.min_support, args.min_confidence,
+                         args.max_units, args.max_items, args.top_rules, args.knn_k)
     (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    if "association" in report:  # after the JSON, for a reader at the terminal
+        rules = report["association"]
+        print(f"\nstrongest rules units -> class ({rules['codes']}; {rules['rules']} rules in {rules['csv']}):")
+        print(format_rules(rules["top_rules"]))
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

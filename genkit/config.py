@@ -91,7 +91,7 @@ class TrainConfig:
     keep_last: int = 3
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     early_stopping_metric: str = "eval_loss"
-    early_stopping_mode: str = "min"
+    early_stopping_mode: str | None = None  # min | max; default: inferred from the metric's name (fid, loss: min; precision, accuracy: max)
     log_with: str | None = "tensorboard"  # none, or any tracker accelerate knows (tensorboard, trackio, wandb, mlflow, ...), comma-separated
     progress_bar: bool = True
     init_from: str | None = None  # fine-tune: a run directory (or Hub id) to start from
@@ -99,6 +99,12 @@ class TrainConfig:
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_private: bool = False
+    # ---- judging generation while training (genkit/train_eval.py) ----
+    eval_generation_every: int | None = None  # steps between FID evaluations of generated samples (main process; others wait)
+    eval_generation_samples: int = 1000  # generated images per evaluation (and as many real ones from the eval split)
+    save_best: str | None = None  # keep the checkpoint with the best value of this metric (fid, kid, precision, eval_loss, ...)
+    save_best_mode: str | None = None  # min | max; default: inferred from the metric's name
+    export_best: bool = False  # export the best checkpoint's weights as the final model instead of the last ones
 
     # ---- round trip -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +167,8 @@ class TrainConfig:
         _choice("mixed_precision", self.mixed_precision, [None, "no", "fp16", "bf16"])
         _choice("optimizer", self.optimizer, ["adam", "adamw", "sgd"])
         _choice("lr_scheduler", self.lr_scheduler, ["constant", "constant_with_warmup", "cosine", "linear"])
-        _choice("early_stopping_mode", self.early_stopping_mode, ["min", "max"])
+        _choice("early_stopping_mode", self.early_stopping_mode, [None, "min", "max"])
+        _choice("save_best_mode", self.save_best_mode, [None, "min", "max"])
         _choice("data.value_range", d.value_range, ["0,1", "-1,1"])
         _choice("data.resize", d.resize, ["pad", "resize"])
         _choice("data.channels", d.channels, [1, 3])
@@ -175,7 +182,8 @@ class TrainConfig:
         for name in ["batch_size", "gradient_accumulation_steps", "keep_last", "log_every", "eval_batches", "num_samples"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ["max_steps", "eval_every", "sample_every", "checkpoint_every", "early_stopping_patience", "trainable_layers"]:
+        for name in ["max_steps", "eval_every", "sample_every", "checkpoint_every", "early_stopping_patience", "trainable_layers",
+                     "eval_generation_every"]:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null), got {value}")
@@ -197,6 +205,9 @@ class TrainConfig:
             raise ConfigError(f"data.eval_fraction must be in (0, 1), got {d.eval_fraction}")
         if self.trainable_layers is not None and self.init_from is None:
             raise ConfigError("trainable_layers (fine-tuning) needs init_from: the run directory to start from")
+        from .train_eval import check_config as check_evaluation_keys
+
+        check_evaluation_keys(self)
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id (e.g. your-name/genkit-mnist-ae)")
         return self

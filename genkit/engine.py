@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import runs
+from . import runs, train_eval
 from .config import ConfigError, TrainConfig
 from .data import ImageTensors, ShardedBatches, load_train_eval, make_batch
 from .families import DataInfo, Family, get_family
@@ -41,7 +41,10 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_e
                      # optimizer hyper-parameters: applied over the saved optimizer state (the usual fix after a divergence)
                      "learning_rate", "weight_decay", "betas", "max_grad_norm", "mixed_precision",
                      # speed only: the same computation, laid out or compiled differently
-                     "compile", "channels_last", "allow_tf32", "fused_optimizer", "data.storage", "data.decode_workers"}
+                     "compile", "channels_last", "allow_tf32", "fused_optimizer", "data.storage", "data.decode_workers",
+                     # training-time evaluation: when and how much to evaluate, which checkpoint to keep and export
+                     "early_stopping_metric", "early_stopping_mode", "eval_generation_every", "eval_generation_samples", "save_best",
+                     "save_best_mode", "export_best"}
 
 
 LOCK_FILE = ".lock"  # flocked by the running trainer
@@ -71,6 +74,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
     run_dir = Path(config.output_dir)
     _check_run_dir(run_dir, config, resume, overwrite)
     _check_writable(run_dir)
+    train_eval.prepare(config, family_cls)  # the FID classifier, trained before this run's Accelerator exists
 
     log_with = available_trackers(config) or None
     # train() may run several times in one process (notebooks, tests) with other precision settings
@@ -195,6 +199,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
                 progress.set_postfix({k: f"{v:.4g}" for k, v in row.items() if "loss" in k})
                 running, since_log = {}, 0
+            judged: dict[str, float] = {}  # this step's evaluation figures: early stopping and the best checkpoint read them
             if at_eval or at_end:
                 with ema_weights(ema, family):
                     # the last evaluation covers the whole evaluation split: the final figures are test-set figures
@@ -207,11 +212,19 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                         log_image(accelerator, "samples", run_dir / "samples.png", step)
                 state["history"].append({"step": step, **metrics})
                 accelerator.log(metrics, step=step)
-                if _early_stop(state, metrics, config):
-                    stop_reason = f"early stopping: no {config.early_stopping_metric} improvement in {config.early_stopping_patience} evaluations"
+                judged.update(metrics)
+            if train_eval.due(config, step, at_end):
+                with ema_weights(ema, family):
+                    generated = train_eval.generation_metrics(family, config, accelerator)
+                state["history"].append({"step": step, **generated})
+                accelerator.log(generated, step=step)
+                judged.update(generated)
+            if judged and _early_stop(state, judged, config):
+                stop_reason = f"early stopping: no {config.early_stopping_metric} improvement in {config.early_stopping_patience} evaluations"
+            new_best = bool(judged) and train_eval.update_best(state, judged, config)
             if not at_end and _agree(accelerator, interrupted.is_set()):
                 stop_reason = "interrupted"
-            if at_ckpt or at_end or stop_reason != "max_steps":
+            if at_ckpt or at_end or new_best or stop_reason != "max_steps":
                 save_checkpoint(accelerator, run_dir, state, config.keep_last)
             if stop_reason != "max_steps":
                 accelerator.print(stop_reason)
@@ -225,7 +238,12 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
     summary = {"step": state["step"], "stop_reason": stop_reason, "train_seconds": round(state["train_seconds"], 2),
                "images_per_second": round(state["images_seen"] / max(state["train_seconds"], 1e-9), 1),
                "num_processes": accelerator.num_processes, "best": state["best"],
-               **{k: v for row in state["history"] for k, v in row.items() if k.startswith("eval_")}}
+               **{k: v for row in state["history"] for k, v in row.items() if k.startswith("eval_") or train_eval.is_generation_metric(k)}}
+    if state.get("best_checkpoint"):
+        summary["best_checkpoint"] = state["best_checkpoint"]
+    if config.export_best and train_eval.best_step(state) is not None:  # every process: load_state is collective
+        accelerator.load_state(str(ckpt.checkpoint_dir(run_dir, train_eval.best_step(state))))
+        summary["exported_step"] = train_eval.best_step(state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
@@ -455,10 +473,15 @@ def _broadcast_run_id(accelerator: Accelerator, run_id: str | None) -> str | Non
 def _early_stop(state: dict[str, Any], metrics: dict[str, float], config: TrainConfig) -> bool:
     value = metrics.get(config.early_stopping_metric)
     if value is None:
-        if config.early_stopping_patience:
+        # a family metric missing from a family evaluation is a typo; a generation metric waits for its evaluation
+        family_eval = any(k.startswith("eval_") for k in metrics)
+        if config.early_stopping_patience and family_eval and not train_eval.is_generation_metric(config.early_stopping_metric):
             raise ConfigError(f"early_stopping_metric {config.early_stopping_metric!r} is not computed; available: {sorted(metrics)}")
         return False
-    better = state["best"] is None or (value < state["best"] if config.early_stopping_mode == "min" else value > state["best"])
+    if state.setdefault("best_metric", config.early_stopping_metric) != config.early_stopping_metric:  # changed on resume: start over
+        state["best"], state["evals_without_improvement"], state["best_metric"] = None, 0, config.early_stopping_metric
+    mode = train_eval.metric_mode(config.early_stopping_metric, config.early_stopping_mode)
+    better = state["best"] is None or (value < state["best"] if mode == "min" else value > state["best"])
     if better:
         state["best"], state["evals_without_improvement"] = value, 0
     else:

@@ -249,3 +249,33 @@ def plot_som(som: SelfOrganizingMap, z: np.ndarray, labels: np.ndarray, class_na
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+# ---- k-NN probe and k-NN anomaly scores ----------------------------------------------------------------------
+
+
+def knn_probe(train_latents: np.ndarray, train_labels: np.ndarray, test_latents: np.ndarray, test_labels: np.ndarray,
+              ks: tuple[int, ...] = (1, 3, 5, 9, 15, 25), validation_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Test accuracy of a k-NN classifier on (standardised) latents, with k chosen on a validation split of the training latents."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    fit_z, val_z, fit_y, val_y = train_test_split(train_latents, train_labels, test_size=validation_fraction, random_state=seed)
+    validation = {}
+    for k in [k for k in ks if k <= len(fit_z)]:
+        model = make_pipeline(StandardScaler(), KNeighborsClassifier(k)).fit(fit_z, fit_y)
+        validation[k] = float(model.score(val_z, val_y))
+    best = max(validation, key=lambda k: (validation[k], -k))  # ties: the smaller k
+    model = make_pipeline(StandardScaler(), KNeighborsClassifier(best)).fit(train_latents, train_labels)  # refit on every training latent
+    return {"accuracy": float(model.score(test_latents, test_labels)), "k": int(best), "validation_accuracy": {str(k): v for k, v in validation.items()},
+            "train_images": int(len(train_latents)), "validation_images": int(len(val_z)), "test_images": int(len(test_latents))}
+
+
+def knn_distances(reference: np.ndarray, latents: np.ndarray, k: int = 5) -> np.ndarray:
+    """Anomaly score of each latent: mean distance to its k nearest reference latents (standardised by the reference)."""
+    mean, std = reference.mean(0), reference.std(0) + 1e-8
+    neighbours = NearestNeighbors(n_neighbors=min(k, len(reference))).fit((reference - mean) / std)
+    distances, _ = neighbours.kneighbors((latents - mean) / std)
+    return distances.mean(1)
