@@ -66,7 +66,6 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
 
 
 def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str, Any]:
-    config.validate()
     config.data.resolve_paths()
     config.mixed_precision = resolve_mixed_precision(config, Path(config.output_dir) if resume else None)  # recorded: a resume trains the same way
     family_cls = get_family(config.family)
