@@ -1,0 +1,112 @@
+"""Scores of a generator: FID, KID and precision / recall / density / coverage in each requested feature space, each
+beside its two floors (other real evaluation images; as many training images), and class accuracy.
+
+Protocol: `num_samples` generated images against as many images of the evaluation split (the reference); the
+real-vs-real floor takes the next `num_samples` evaluation images, the training-data floor `num_samples` training
+images (what a model that reproduces its training data scores: the floor a generator can reach). Features of real
+images are cached, so evaluating again pays only for the samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..config import DataConfig
+from ..eval_classifier import class_accuracy, get_classifier
+from .distances import cmmd, fid_kid
+from .feature_cache import cached_features
+from .features import ClassifierSpace, FeatureSpace, feature_space
+from .manifold import DENSITY_COVERAGE_K, PRECISION_RECALL_K, prdc
+from .reference import real_pair, reference_split, training_images
+
+logger = logging.getLogger(__name__)
+
+FID_MIN_SAMPLES = 10_000  # below this, FID in the pretrained spaces is biased upward and not comparable with published figures
+PRETRAINED_SPACES = ("inception", "dinov2")
+
+
+def compare(real: torch.Tensor, fake: torch.Tensor, space: str) -> dict[str, float]:
+    """Every distance between two feature sets: FID, KID, PRDC (and CMMD in CLIP space)."""
+    scores = {**fid_kid(real, fake), **prdc(real, fake)}
+    if space == "clip":
+        scores["cmmd"] = cmmd(real, fake)
+    return scores
+
+
+def space_scores(space: FeatureSpace, data: DataConfig, real: torch.Tensor, other_real: torch.Tensor, train: torch.Tensor,
+                 fake: torch.Tensor) -> dict[str, float | str]:
+    """Scores of `fake` against `real` in one space, with both floors; keys prefixed by the space (none for the classifier)."""
+    split = reference_split(data)
+    reference = cached_features(space, real, data.source, split)
+    scores = compare(reference, space.extract(fake), space.name)
+    same = compare(reference, cached_features(space, other_real, data.source, split), space.name)
+    seen = compare(reference, cached_features(space, train, data.source, data.split), space.name)
+    for name, floor in (("real", same), ("train", seen)):
+        scores.update({f"{key}_{name}_floor": value for key, value in floor.items() if key != "kid_std"})
+    prefix = "" if space.name == "classifier" else f"{space.name}_"
+    return {**{prefix + key: value for key, value in scores.items()}, f"{prefix}feature_space": space.description}
+
+
+def protocol(data: DataConfig, num_samples: int, spaces: list[FeatureSpace]) -> dict[str, int | str]:
+    """What the scores were measured on, stated beside them (and warnings about it)."""
+    result: dict[str, int | str] = {"num_samples": num_samples, "reference_split": reference_split(data), "train_floor_split": data.split,
+                                    "feature_spaces": ",".join(space.name for space in spaces),
+                                    "prdc_k": f"precision/recall k={PRECISION_RECALL_K}, density/coverage k={DENSITY_COVERAGE_K}"}
+    small = [space.name for space in spaces if space.name in PRETRAINED_SPACES and num_samples < FID_MIN_SAMPLES]
+    if small:
+        result["warning"] = (f"{num_samples} samples: FID in {' and '.join(small)} space is biased upward below {FID_MIN_SAMPLES:,} "
+                             "and comparable only with scores at the same sample count")
+        logger.warning(result["warning"])
+    return result
+
+
+def _generate(family, num_samples: int, seed: int, batch_size: int, labels: torch.Tensor | None, **options) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        chunks.append(family.generate(n, generator, None if labels is None else labels[start : start + n], **options).cpu())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def evaluate_generation(family, num_samples: int = 1000, device: str | torch.device = "cpu", seed: int = 0, batch_size: int = 250,
+                        features: Iterable[str] = ("classifier",), feature_weights: Mapping[str, str] | None = None,
+                        **options) -> dict[str, float | str]:
+    """FID/KID/PRDC of `num_samples` generated images against the eval split in each feature space, their floors, and class accuracy."""
+    data = family.config.data
+    weights = feature_weights or {}
+    spaces = [feature_space(name, data, device, weights.get(name)) for name in dict.fromkeys(features)]  # missing weights fail before sampling
+    real, other_real = real_pair(data, num_samples)
+    train = training_images(data, num_samples)
+    labels = torch.arange(num_samples) % family.info.num_classes if family.conditional else None
+    fake = _generate(family, num_samples, seed, batch_size, labels, **options)
+    result: dict[str, float | str] = protocol(data, num_samples, spaces)
+    for space in spaces:
+        result.update(space_scores(space, data, real, other_real, train, fake))
+    if labels is not None:
+        classifier = next((space.model for space in spaces if space.name == "classifier"), None) or get_classifier(data, device)
+        result["class_accuracy"] = class_accuracy(fake, labels, classifier)
+    return result
+
+
+def feature_distances(real: torch.Tensor, fake: torch.Tensor, classifier: nn.Module, batch_size: int = 500) -> dict[str, float]:
+    """FID and KID between two image sets in [0, 1], in the classifier's feature space."""
+    space = ClassifierSpace(classifier)
+    space.batch_size = batch_size
+    return fid_kid(space.extract(real), space.extract(fake))
+
+
+def floors(data: DataConfig, real: torch.Tensor, other_real: torch.Tensor, classifier: nn.Module) -> dict[str, float]:
+    """The classifier-space floors of a score against `real`: another set of evaluation images, and as many training images.
+
+    The second is what a perfect model of the training data scores (it reproduces training images); it sits above the
+    first because the classifier was fitted on the training split, so it is the floor a generative model can reach.
+    """
+    space = ClassifierSpace(classifier)
+    scores = space_scores(space, data, real, other_real, training_images(data, len(real)), other_real)
+    return {key: value for key, value in scores.items() if key.endswith("_floor")}
