@@ -19,16 +19,16 @@ from ..eval_classifier import class_accuracy, classifier_data_config, get_classi
 from .cas import classification_accuracy_score, save_image_tensors, train_and_test_classifier
 from .distances import cmmd, fid_kid
 from .features import SPACES, FeatureSpace, feature_space, parse_spaces
-from .generation import evaluate_generation, feature_distances, floors
+from .generation import evaluate_generation, feature_distances, floors, load_spaces
 from .likelihood import evaluate_likelihood, evaluate_rbm_likelihood, evaluate_reconstruction
 from .manifold import density_coverage, prdc, precision_recall
 from .reference import real_images, real_pair, reference_split, to_unit, training_images
 
 __all__ = [
-    "SPACES", "FeatureSpace", "class_accuracy", "classification_accuracy_score", "classifier_data_config", "cmmd", "density_coverage",
+    "FeatureSpace", "SPACES", "class_accuracy", "classification_accuracy_score", "classifier_data_config", "cmmd", "density_coverage",
     "evaluate_generation", "evaluate_likelihood", "evaluate_rbm_likelihood", "evaluate_reconstruction", "evaluate_run", "feature_distances",
-    "feature_space", "fid_kid", "parse_spaces", "floors", "get_classifier", "precision_recall", "prdc", "real_images", "real_pair", "reference_split",
-    "save_image_tensors", "to_unit", "train_and_test_classifier", "training_images",
+    "feature_space", "fid_kid", "floors", "get_classifier", "load_spaces", "parse_spaces", "prdc", "precision_recall", "real_images", "real_pair",
+    "reference_split", "save_image_tensors", "to_unit", "train_and_test_classifier", "training_images",
 ]
 
 
@@ -38,6 +38,8 @@ def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "
     """Every metric that applies to this family (generative ones in each of `features`; CAS with `cas` generated images)."""
     from ..families import Family
 
+    generates = type(family).generate is not Family.generate
+    spaces = load_spaces(features, family.config.data, device, feature_weights) if generates else []  # missing weights: fail first
     result: dict[str, float | str] = {}
     model = family.models.get("model")
     if model is not None and hasattr(model, "reconstruct"):
@@ -46,8 +48,8 @@ def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "
         result.update(evaluate_likelihood(family, nll_images, nll_k, device=device))
     if model is not None and hasattr(model, "ais_log_partition"):
         result.update(evaluate_rbm_likelihood(family, device=device))
-    if type(family).generate is not Family.generate:
-        result.update(evaluate_generation(family, num_samples, device, seed, features=features, feature_weights=feature_weights, **options))
+    if generates:
+        result.update(evaluate_generation(family, num_samples, device, seed, features=spaces, **options))
     if cas:
         result.update(classification_accuracy_score(family, cas, cas_real_subset, seed=seed, **options))
     return result

@@ -6,6 +6,8 @@ The features come in already extracted (and, for real images, cached), so torchm
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -33,7 +35,9 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, chunk: int = 4096) -> dict[s
 
     subset = min(len(real), len(fake), 1000)
     fid = FrechetInceptionDistance(feature=_Given(real.shape[1]))
-    kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subset_size=max(2, subset // 2), subsets=KID_SUBSETS)
+    with warnings.catch_warnings():  # "will save all extracted features": these are the features, already in memory
+        warnings.filterwarnings("ignore", message=".*save all extracted features")
+        kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subset_size=max(2, subset // 2), subsets=KID_SUBSETS)
     for metric in (fid, kid):
         for features, is_real in ((real, True), (fake, False)):
             for part in features.split(chunk):

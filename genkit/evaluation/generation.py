@@ -64,6 +64,13 @@ def protocol(data: DataConfig, num_samples: int, spaces: list[FeatureSpace]) -> 
     return result
 
 
+def load_spaces(features: Iterable[str | FeatureSpace], data: DataConfig, device: str | torch.device = "cpu",
+                weights: Mapping[str, str] | None = None) -> list[FeatureSpace]:
+    """The feature spaces named in `features` (spaces passed as such are kept), their models on `device`."""
+    weights = weights or {}
+    return [name if isinstance(name, FeatureSpace) else feature_space(name, data, device, weights.get(name)) for name in dict.fromkeys(features)]
+
+
 def _generate(family, num_samples: int, seed: int, batch_size: int, labels: torch.Tensor | None, **options) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     chunks = []
@@ -75,12 +82,14 @@ def _generate(family, num_samples: int, seed: int, batch_size: int, labels: torc
 
 @torch.no_grad()
 def evaluate_generation(family, num_samples: int = 1000, device: str | torch.device = "cpu", seed: int = 0, batch_size: int = 250,
-                        features: Iterable[str] = ("classifier",), feature_weights: Mapping[str, str] | None = None,
+                        features: Iterable[str | FeatureSpace] = ("classifier",), feature_weights: Mapping[str, str] | None = None,
                         **options) -> dict[str, float | str]:
-    """FID/KID/PRDC of `num_samples` generated images against the eval split in each feature space, their floors, and class accuracy."""
+    """FID/KID/PRDC of `num_samples` generated images against the eval split in each feature space, their floors, and class accuracy.
+
+    `features`: space names, or spaces already loaded (`load_spaces`), which a caller that evaluates often keeps.
+    """
     data = family.config.data
-    weights = feature_weights or {}
-    spaces = [feature_space(name, data, device, weights.get(name)) for name in dict.fromkeys(features)]  # missing weights fail before sampling
+    spaces = load_spaces(features, data, device, feature_weights)  # missing weights fail before sampling
     real, other_real = real_pair(data, num_samples)
     train = training_images(data, num_samples)
     labels = torch.arange(num_samples) % family.info.num_classes if family.conditional else None
