@@ -22,13 +22,13 @@ from .features import SPACES, FeatureSpace, feature_space, parse_spaces
 from .generation import evaluate_generation, feature_distances, floors, load_spaces
 from .likelihood import evaluate_likelihood, evaluate_rbm_likelihood, evaluate_reconstruction
 from .manifold import density_coverage, prdc, precision_recall
-from .reference import real_images, real_pair, reference_split, to_unit, training_images
+from .reference import real_images, real_pair, reference_sets, reference_split, to_unit, training_images
 
 __all__ = [
     "FeatureSpace", "SPACES", "class_accuracy", "classification_accuracy_score", "classifier_data_config", "cmmd", "density_coverage",
     "evaluate_generation", "evaluate_likelihood", "evaluate_rbm_likelihood", "evaluate_reconstruction", "evaluate_run", "feature_distances",
     "feature_space", "fid_kid", "floors", "get_classifier", "load_spaces", "parse_spaces", "prdc", "precision_recall", "real_images", "real_pair",
-    "reference_split", "save_image_tensors", "to_unit", "train_and_test_classifier", "training_images",
+    "reference_sets", "reference_split", "save_image_tensors", "to_unit", "train_and_test_classifier", "training_images",
 ]
 
 

@@ -2,9 +2,10 @@
 beside its two floors (other real evaluation images; as many training images), and class accuracy.
 
 Protocol: `num_samples` generated images against as many images of the evaluation split (the reference); the
-real-vs-real floor takes the next `num_samples` evaluation images, the training-data floor `num_samples` training
-images (what a model that reproduces its training data scores: the floor a generator can reach). Features of real
-images are cached, so evaluating again pays only for the samples.
+real-vs-real floor compares the reference with the next `num_samples` evaluation images (or, when the split is too
+short, its two halves), the training-data floor compares it with `num_samples` training images (what a model that
+reproduces its training data scores: the floor a generator can reach). Features of real images are cached, so
+evaluating again pays only for the samples.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .distances import cmmd, fid_kid
 from .feature_cache import cached_features
 from .features import ClassifierSpace, FeatureSpace, feature_space
 from .manifold import DENSITY_COVERAGE_K, PRECISION_RECALL_K, prdc
-from .reference import real_pair, reference_split, training_images
+from .reference import reference_sets, reference_split, training_images
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,13 @@ def compare(real: torch.Tensor, fake: torch.Tensor, space: str) -> dict[str, flo
     return scores
 
 
-def space_scores(space: FeatureSpace, data: DataConfig, real: torch.Tensor, other_real: torch.Tensor, train: torch.Tensor,
+def space_scores(space: FeatureSpace, data: DataConfig, real: torch.Tensor, real_pair: tuple[torch.Tensor, torch.Tensor], train: torch.Tensor,
                  fake: torch.Tensor) -> dict[str, float | str]:
     """Scores of `fake` against `real` in one space, with both floors; keys prefixed by the space (none for the classifier)."""
     split = reference_split(data)
     reference = cached_features(space, real, data.source, split)
     scores = compare(reference, space.extract(fake), space.name)
-    same = compare(reference, cached_features(space, other_real, data.source, split), space.name)
+    same = compare(*(cached_features(space, images, data.source, split) for images in real_pair), space.name)
     seen = compare(reference, cached_features(space, train, data.source, data.split), space.name)
     for name, floor in (("real", same), ("train", seen)):
         scores.update({f"{key}_{name}_floor": value for key, value in floor.items() if key != "kid_std"})
@@ -51,9 +52,10 @@ def space_scores(space: FeatureSpace, data: DataConfig, real: torch.Tensor, othe
     return {**{prefix + key: value for key, value in scores.items()}, f"{prefix}feature_space": space.description}
 
 
-def protocol(data: DataConfig, num_samples: int, spaces: list[FeatureSpace]) -> dict[str, int | str]:
+def protocol(data: DataConfig, num_samples: int, real_floor_images: int, spaces: list[FeatureSpace]) -> dict[str, int | str]:
     """What the scores were measured on, stated beside them (and warnings about it)."""
     result: dict[str, int | str] = {"num_samples": num_samples, "reference_split": reference_split(data), "train_floor_split": data.split,
+                                    "real_floor_images": real_floor_images,
                                     "feature_spaces": ",".join(space.name for space in spaces),
                                     "prdc_k": f"precision/recall k={PRECISION_RECALL_K}, density/coverage k={DENSITY_COVERAGE_K}"}
     small = [space.name for space in spaces if space.name in PRETRAINED_SPACES and num_samples < FID_MIN_SAMPLES]
@@ -90,13 +92,13 @@ def evaluate_generation(family, num_samples: int = 1000, device: str | torch.dev
     """
     data = family.config.data
     spaces = load_spaces(features, data, device, feature_weights)  # missing weights fail before sampling
-    real, other_real = real_pair(data, num_samples)
+    real, pair = reference_sets(data, num_samples)
     train = training_images(data, num_samples)
     labels = torch.arange(num_samples) % family.info.num_classes if family.conditional else None
     fake = _generate(family, num_samples, seed, batch_size, labels, **options)
-    result: dict[str, float | str] = protocol(data, num_samples, spaces)
+    result: dict[str, float | str] = protocol(data, num_samples, len(pair[0]), spaces)
     for space in spaces:
-        result.update(space_scores(space, data, real, other_real, train, fake))
+        result.update(space_scores(space, data, real, pair, train, fake))
     if labels is not None:
         classifier = next((space.model for space in spaces if space.name == "classifier"), None) or get_classifier(data, device)
         result["class_accuracy"] = class_accuracy(fake, labels, classifier)
@@ -117,5 +119,5 @@ def floors(data: DataConfig, real: torch.Tensor, other_real: torch.Tensor, class
     first because the classifier was fitted on the training split, so it is the floor a generative model can reach.
     """
     space = ClassifierSpace(classifier)
-    scores = space_scores(space, data, real, other_real, training_images(data, len(real)), other_real)
+    scores = space_scores(space, data, real, (real, other_real), training_images(data, len(real)), other_real)
     return {key: value for key, value in scores.items() if key.endswith("_floor")}

@@ -38,6 +38,22 @@ def real_pair(data: DataConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:n], images[n:]
 
 
+def reference_sets(data: DataConfig, n: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The reference (`n` evaluation images) and the pair of real sets whose distance is the real-vs-real floor.
+
+    The pair is the reference and the next `n` evaluation images; when the split is shorter than 2n (10,000 samples
+    against MNIST's 10,000 test images, the field's protocol) it is the reference's two halves, n/2 images each.
+    """
+    split = reference_split(data)
+    images = real_images(data, split, 2 * n)
+    if len(images) < n:
+        raise ConfigError(f"the {split!r} split has {len(images)} images: fewer than the {n} samples to compare with; lower the number of samples")
+    images = to_unit(images)
+    if len(images) >= 2 * n:
+        return images[:n], (images[:n], images[n : 2 * n])
+    return images[:n], (images[: n // 2], images[n // 2 : 2 * (n // 2)])
+
+
 def training_images(data: DataConfig, n: int) -> torch.Tensor:
     """`n` training images in [0, 1], disjoint from `real_pair`'s: what a model that reproduces its training data emits."""
     offset = 2 * n if data.split == reference_split(data) else 0
