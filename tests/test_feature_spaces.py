@@ -134,6 +134,7 @@ def test_every_sampling_family_reports_fid_and_prdc(tiny_idx, tmp_path, family):
     result = evaluate_generation(load_family(str(tmp_path / family)), num_samples=8)
     assert {"fid", "kid", "precision", "recall", "density", "coverage", "fid_train_floor", "recall_real_floor"} <= set(result)
     assert result["fid"] > 0 and 0 <= result["precision"] <= 1
+    assert all(isinstance(value, (int, float)) for value in result.values())  # numbers only: the training loop logs them
 
 
 def test_autoencoders_that_cannot_sample_get_no_fid(tiny_idx, tmp_path):

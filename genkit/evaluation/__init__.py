@@ -19,7 +19,7 @@ from ..eval_classifier import class_accuracy, classifier_data_config, get_classi
 from .cas import classification_accuracy_score, save_image_tensors, train_and_test_classifier
 from .distances import cmmd, fid_kid
 from .features import SPACES, FeatureSpace, feature_space, parse_spaces
-from .generation import evaluate_generation, feature_distances, floors, load_spaces
+from .generation import evaluate_generation, feature_distances, floors, load_spaces, protocol
 from .likelihood import evaluate_likelihood, evaluate_rbm_likelihood, evaluate_reconstruction
 from .manifold import density_coverage, prdc, precision_recall
 from .reference import real_images, real_pair, reference_sets, reference_split, to_unit, training_images
@@ -27,7 +27,7 @@ from .reference import real_images, real_pair, reference_sets, reference_split, 
 __all__ = [
     "FeatureSpace", "SPACES", "class_accuracy", "classification_accuracy_score", "classifier_data_config", "cmmd", "density_coverage",
     "evaluate_generation", "evaluate_likelihood", "evaluate_rbm_likelihood", "evaluate_reconstruction", "evaluate_run", "feature_distances",
-    "feature_space", "fid_kid", "floors", "get_classifier", "load_spaces", "parse_spaces", "prdc", "precision_recall", "real_images", "real_pair",
+    "feature_space", "fid_kid", "floors", "get_classifier", "load_spaces", "parse_spaces", "prdc", "precision_recall", "protocol", "real_images", "real_pair",
     "reference_sets", "reference_split", "save_image_tensors", "to_unit", "train_and_test_classifier", "training_images",
 ]
 
@@ -49,6 +49,7 @@ def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "
     if model is not None and hasattr(model, "ais_log_partition"):
         result.update(evaluate_rbm_likelihood(family, device=device))
     if generates:
+        result.update(protocol(family.config.data, num_samples, spaces))
         result.update(evaluate_generation(family, num_samples, device, seed, features=spaces, **options))
     if cas:
         result.update(classification_accuracy_score(family, cas, cas_real_subset, seed=seed, **options))

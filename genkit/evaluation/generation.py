@@ -39,7 +39,7 @@ def compare(real: torch.Tensor, fake: torch.Tensor, space: str) -> dict[str, flo
 
 
 def space_scores(space: FeatureSpace, data: DataConfig, real: torch.Tensor, real_pair: tuple[torch.Tensor, torch.Tensor], train: torch.Tensor,
-                 fake: torch.Tensor) -> dict[str, float | str]:
+                 fake: torch.Tensor) -> dict[str, float]:
     """Scores of `fake` against `real` in one space, with both floors; keys prefixed by the space (none for the classifier)."""
     split = reference_split(data)
     reference = cached_features(space, real, data.source, split)
@@ -48,16 +48,19 @@ def space_scores(space: FeatureSpace, data: DataConfig, real: torch.Tensor, real
     seen = compare(reference, cached_features(space, train, data.source, data.split), space.name)
     for name, floor in (("real", same), ("train", seen)):
         scores.update({f"{key}_{name}_floor": value for key, value in floor.items() if key != "kid_std"})
-    prefix = "" if space.name == "classifier" else f"{space.name}_"
-    return {**{prefix + key: value for key, value in scores.items()}, f"{prefix}feature_space": space.description}
+    return {prefix(space) + key: value for key, value in scores.items()}
 
 
-def protocol(data: DataConfig, num_samples: int, real_floor_images: int, spaces: list[FeatureSpace]) -> dict[str, int | str]:
-    """What the scores were measured on, stated beside them (and warnings about it)."""
-    result: dict[str, int | str] = {"num_samples": num_samples, "reference_split": reference_split(data), "train_floor_split": data.split,
-                                    "real_floor_images": real_floor_images,
-                                    "feature_spaces": ",".join(space.name for space in spaces),
-                                    "prdc_k": f"precision/recall k={PRECISION_RECALL_K}, density/coverage k={DENSITY_COVERAGE_K}"}
+def prefix(space: FeatureSpace) -> str:
+    """The prefix of a space's keys: none for the classifier (the keys genkit always had), else the space's name."""
+    return "" if space.name == "classifier" else f"{space.name}_"
+
+
+def protocol(data: DataConfig, num_samples: int, spaces: list[FeatureSpace]) -> dict[str, str]:
+    """What the scores were measured on, in words, to be stated beside them (with a warning when they are not comparable)."""
+    result = {"reference_split": reference_split(data), "train_floor_split": data.split, "feature_spaces": ",".join(space.name for space in spaces),
+              "prdc_k": f"precision/recall k={PRECISION_RECALL_K}, density/coverage k={DENSITY_COVERAGE_K}",
+              **{f"{prefix(space)}feature_space": space.description for space in spaces}}
     small = [space.name for space in spaces if space.name in PRETRAINED_SPACES and num_samples < FID_MIN_SAMPLES]
     if small:
         result["warning"] = (f"{num_samples} samples: FID in {' and '.join(small)} space is biased upward below {FID_MIN_SAMPLES:,} "
@@ -85,10 +88,11 @@ def _generate(family, num_samples: int, seed: int, batch_size: int, labels: torc
 @torch.no_grad()
 def evaluate_generation(family, num_samples: int = 1000, device: str | torch.device = "cpu", seed: int = 0, batch_size: int = 250,
                         features: Iterable[str | FeatureSpace] = ("classifier",), feature_weights: Mapping[str, str] | None = None,
-                        **options) -> dict[str, float | str]:
+                        **options) -> dict[str, float]:
     """FID/KID/PRDC of `num_samples` generated images against the eval split in each feature space, their floors, and class accuracy.
 
-    `features`: space names, or spaces already loaded (`load_spaces`), which a caller that evaluates often keeps.
+    `features`: space names, or spaces already loaded (`load_spaces`), which a caller that evaluates often keeps. Numbers
+    only; `protocol` says in words what they were measured on.
     """
     data = family.config.data
     spaces = load_spaces(features, data, device, feature_weights)  # missing weights fail before sampling
@@ -96,7 +100,7 @@ def evaluate_generation(family, num_samples: int = 1000, device: str | torch.dev
     train = training_images(data, num_samples)
     labels = torch.arange(num_samples) % family.info.num_classes if family.conditional else None
     fake = _generate(family, num_samples, seed, batch_size, labels, **options)
-    result: dict[str, float | str] = protocol(data, num_samples, len(pair[0]), spaces)
+    result: dict[str, float] = {"num_samples": num_samples, "real_floor_images": len(pair[0])}
     for space in spaces:
         result.update(space_scores(space, data, real, pair, train, fake))
     if labels is not None:
