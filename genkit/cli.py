@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
 
-    p = sub.add_parser("eval", help="evaluate a trained run offline (FID/KID with a genkit classifier, ...)")
+    p = sub.add_parser("eval", help="evaluate a trained run (FID/KID/PRDC with a genkit classifier offline, or Inception/DINOv2/CLIP, ...)")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--scheduler", default=None)
@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cas-real-subset", type=int, default=1000, help="real images of the augmentation comparison")
     p.add_argument("--nll-k", type=int, default=100, help="VAE: importance samples per image for the NLL (Burda et al. use 5000)")
     p.add_argument("--nll-images", default="1000", help="VAE: test images for the NLL, or 'all'")
+    p.add_argument("--features", nargs="+", default=["classifier"], metavar="SPACE",
+                   help="feature spaces of FID/KID/precision/recall/density/coverage: classifier (offline, default), inception, dinov2, clip")
+    p.add_argument("--feature-weights", action="append", default=[], metavar="[SPACE=]PATH",
+                   help="Inception weights file, or DINOv2/CLIP model id or folder (default: $GENKIT_<SPACE>_..., the caches, the Hub)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering, ICA, SOM, k-NN probe and anomaly scores, association rules")
@@ -259,8 +263,9 @@ def _new_sample_path(run: str) -> Path:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_run
+    from .evaluation import evaluate_run, parse_spaces
 
+    spaces, weights = parse_spaces(args.features, args.feature_weights)
     if not 2 <= args.num_samples <= 100_000:
         raise ConfigError(f"--num-samples must be between 2 and 100000 (FID needs at least 2), got {args.num_samples}")
     family = _load_run(args)
@@ -272,7 +277,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nll-images must be a positive number or 'all', got {args.nll_images!r}")
     result = evaluate_run(family, num_samples=args.num_samples, device=args.device, seed=args.seed, cas=args.cas,
                           cas_real_subset=args.cas_real_subset, nll_k=args.nll_k,
-                          nll_images=None if args.nll_images == "all" else int(args.nll_images), **_generation_options(args))
+                          nll_images=None if args.nll_images == "all" else int(args.nll_images), features=spaces, feature_weights=weights,
+                          **_generation_options(args))
     if Path(args.run).is_dir():  # kept beside the run: the model card shows it
         (Path(args.run) / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

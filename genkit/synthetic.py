@@ -39,7 +39,7 @@ def plan_labels(family: Family, n: int, class_label: str | None) -> torch.Tensor
 def generate_batches(family: Family, n: int, seed: int = 0, batch_size: int = 250, class_label: str | None = None,
                      progress: bool = True, **options: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(uint8 images (B, C, H, W), labels (B,)) batch after batch, seeded; unconditional images labelled by the classifier."""
-    from .evaluation import get_classifier
+    from .eval_classifier import get_classifier
 
     labels = plan_labels(family, n, class_label)
     classifier = None if labels is not None else get_classifier(family.config.data, "cpu")

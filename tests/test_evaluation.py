@@ -62,6 +62,8 @@ def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):
     result = json.loads(out[out.index("{"):])
     assert result["num_samples"] == 32 and result["fid"] > result["fid_real_floor"] >= 0 and result["fid_train_floor"] >= 0
     assert 0 <= result["class_accuracy"] <= 1 and "kid" in result
+    assert all(0 <= result[key] <= 1 for key in ("precision", "recall", "coverage", "recall_real_floor", "precision_train_floor"))
+    assert result["reference_split"] == "test" and result["feature_spaces"] == "classifier" and "warning" not in result  # no warning in classifier space
     assert json.loads((tmp_path / "run" / "eval_results.json").read_text()) == result
     assert main(["sample", str(tmp_path / "run"), "--n", "4", "--steps", "2", "--class-label", "3", "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").is_file()
@@ -78,3 +80,16 @@ def test_too_few_real_images_for_the_floor_is_a_clear_error(tiny_idx, cache):
     assert a.shape == b.shape == (32, 1, 28, 28) and not torch.equal(a, b)
     with pytest.raises(ConfigError, match="too few for two disjoint sets"):
         real_pair(DataConfig(source="mnist", data_dir=str(tiny_idx)), 40)
+
+
+def test_reference_sets_fall_back_to_halves_when_the_split_is_short(tiny_idx, cache):
+    from genkit.config import ConfigError
+    from genkit.evaluation import reference_sets
+
+    data = DataConfig(source="mnist", data_dir=str(tiny_idx))  # 64 test images
+    real, (a, b) = reference_sets(data, 32)
+    assert torch.equal(a, real) and len(b) == 32 and not torch.equal(a, b)
+    real, (a, b) = reference_sets(data, 40)  # the protocol of 10,000 samples against MNIST's 10,000 test images, in small
+    assert len(real) == 40 and torch.equal(torch.cat([a, b]), real) and len(a) == len(b) == 20
+    with pytest.raises(ConfigError, match="fewer than the 65 samples"):
+        reference_sets(data, 65)

@@ -1,0 +1,56 @@
+"""Offline-first evaluation of genkit runs.
+
+Generative models are scored in the feature space of a small classifier that genkit trains itself (offline, the
+default) and, on request, in the pretrained spaces the field reports (Inception-v3, DINOv2, CLIP): FID, KID,
+precision / recall / density / coverage, each beside two floors. Autoencoders, VAEs and RBMs also get their
+reconstruction and likelihood scores; conditional models the Classification Accuracy Score.
+
+One module per concern: `reference` (the real image sets), `features` (the spaces), `feature_cache`, `distances`
+(FID, KID, CMMD), `manifold` (precision, recall, density, coverage), `generation`, `likelihood`, `cas`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from ..eval_classifier import class_accuracy, classifier_data_config, get_classifier
+from .cas import classification_accuracy_score, save_image_tensors, train_and_test_classifier
+from .distances import cmmd, fid_kid
+from .features import SPACES, FeatureSpace, feature_space, parse_spaces
+from .generation import evaluate_generation, feature_distances, floors, load_spaces, protocol
+from .likelihood import evaluate_likelihood, evaluate_rbm_likelihood, evaluate_reconstruction
+from .manifold import density_coverage, prdc, precision_recall
+from .reference import real_images, real_pair, reference_sets, reference_split, to_unit, training_images
+
+__all__ = [
+    "FeatureSpace", "SPACES", "class_accuracy", "classification_accuracy_score", "classifier_data_config", "cmmd", "density_coverage",
+    "evaluate_generation", "evaluate_likelihood", "evaluate_rbm_likelihood", "evaluate_reconstruction", "evaluate_run", "feature_distances",
+    "feature_space", "fid_kid", "floors", "get_classifier", "load_spaces", "parse_spaces", "prdc", "precision_recall", "protocol", "real_images", "real_pair",
+    "reference_sets", "reference_split", "save_image_tensors", "to_unit", "train_and_test_classifier", "training_images",
+]
+
+
+def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "cpu", seed: int = 0, cas: int | None = None,
+                 cas_real_subset: int = 1000, nll_k: int = 100, nll_images: int | None = 1000, features: Iterable[str] = ("classifier",),
+                 feature_weights: Mapping[str, str] | None = None, **options) -> dict[str, float | str]:
+    """Every metric that applies to this family (generative ones in each of `features`; CAS with `cas` generated images)."""
+    from ..families import Family
+
+    generates = type(family).generate is not Family.generate
+    spaces = load_spaces(features, family.config.data, device, feature_weights) if generates else []  # missing weights: fail first
+    result: dict[str, float | str] = {}
+    model = family.models.get("model")
+    if model is not None and hasattr(model, "reconstruct"):
+        result.update(evaluate_reconstruction(family, device=device))
+    if model is not None and hasattr(model, "importance_nll"):
+        result.update(evaluate_likelihood(family, nll_images, nll_k, device=device))
+    if model is not None and hasattr(model, "ais_log_partition"):
+        result.update(evaluate_rbm_likelihood(family, device=device))
+    if generates:
+        result.update(protocol(family.config.data, num_samples, spaces))
+        result.update(evaluate_generation(family, num_samples, device, seed, features=spaces, **options))
+    if cas:
+        result.update(classification_accuracy_score(family, cas, cas_real_subset, seed=seed, **options))
+    return result
