@@ -119,8 +119,12 @@ def finish(run_dir: Path, metrics: dict) -> None:
 
 
 def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> None:
-    """Every exported safetensors file of the run parses whole; with `models`, each holds exactly one model's tensors."""
-    signatures = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (models or {}).values()]
+    """Every exported safetensors file of the run parses whole; with `models`, each model's file holds exactly its tensors.
+
+    A file belongs to the model of its folder (`unet/`, `generator/`, ...), a root file to a family's only model; files of
+    no genkit model (a latent pipeline's `decoder/`) are only parsed.
+    """
+    models = models or {}
     for name in get_family(family).export_files():
         path = Path(run_dir) / name
         if not name.endswith(".safetensors") or not path.is_file():
@@ -130,12 +134,16 @@ def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> No
         except (ValueError, OSError) as err:
             raise ConfigError(f"{path} is damaged ({err}); it can be neither loaded nor published. "
                               "If the run's checkpoints are intact, `--resume latest` exports the model again") from None
+        folder = Path(name).parts[0] if len(Path(name).parts) > 1 else None
+        model = models.get(folder) if folder else (next(iter(models.values())) if len(models) == 1 else None)
+        if model is None:
+            continue
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         tensors = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-        if signatures and tensors not in signatures:
-            closest = max(signatures, key=lambda sig: len(sig.keys() & tensors.keys()))
-            wrong = sorted(k for k in closest.keys() & tensors.keys() if closest[k] != tensors[k])
-            raise ConfigError(f"{path} is incomplete or does not match its model (config.json): missing {sorted(closest.keys() - tensors.keys())[:5]}, "
-                              f"unexpected {sorted(tensors.keys() - closest.keys())[:5]}, other shapes {wrong[:5]}")
+        if tensors != expected:
+            wrong = sorted(k for k in expected.keys() & tensors.keys() if expected[k] != tensors[k])
+            raise ConfigError(f"{path} is incomplete or does not match its model (config.json): missing {sorted(expected.keys() - tensors.keys())[:5]}, "
+                              f"unexpected {sorted(tensors.keys() - expected.keys())[:5]}, other shapes {wrong[:5]}")
 
 
 def resolve(source: str) -> Path:

@@ -6,9 +6,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-
-from .config import ConfigError
+from .config import ConfigError  # no torch at import: TrainConfig.validate (the CLI) checks its keys here
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -85,6 +83,8 @@ def due(config: TrainConfig, step: int, at_end: bool) -> bool:
 def generation_metrics(family: Family, config: TrainConfig, accelerator: Accelerator) -> dict[str, float]:
     """FID (and the other scores of `evaluate_generation`) of freshly generated samples: the main process computes them,
     the others wait and receive them, so every process takes the same early-stopping and checkpoint decisions."""
+    import torch
+
     from . import evaluation
 
     metrics = None
