@@ -553,7 +553,6 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
     listed = list(policy.models) if _space else []
     if _space:  # listed models are pinned: Hub ids that visitors cycle through never evict them
         _models = ModelCache(lambda source: measure(policy.load(source, DEVICE)), pinned=listed)
-        threading.Thread(target=_preload, args=(_models, listed), daemon=True).start()
     else:  # a local user may fix a run and load it again at once
         _models = ModelCache(lambda source: Served(load_family(source, DEVICE)), forget_failures_after=0)
     initial = initial or (listed[0] if listed else None)
@@ -645,7 +644,9 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
     launch = demo.launch
 
     def capped_launch(*args, **kwargs):
-        """Every launcher (python app.py, genkit app, tests) gets the upload and body caps."""
+        """Every launcher (python app.py, genkit app, tests) gets the upload and body caps; a Space loads its listed models."""
+        if _space:  # at launch, not at import: a process that only imports the app (a build check) exits without a loader running
+            threading.Thread(target=_preload, args=(_models, listed), daemon=True).start()
         app_kwargs = kwargs.pop("app_kwargs", None) or {}
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)]
         return launch(*args, **{"max_file_size": f"{MAX_UPLOAD_MB}mb", **kwargs, "app_kwargs": app_kwargs})
