@@ -49,9 +49,14 @@ CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".egg-info")
 def _new_files() -> set[str] | None:
     """Untracked and ignored files of the checkout (None when it is not a git checkout)."""
     import subprocess
+    import sys
 
+    exclude = []  # a virtual environment inside the checkout (CI's .venv): its packages write their own files (gradio's hash seed)
+    if Path(sys.prefix).resolve().is_relative_to(REPO):
+        exclude = [f":(exclude){Path(sys.prefix).resolve().relative_to(REPO)}"]
     try:
-        result = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True)
+        result = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".", *exclude], cwd=REPO,
+                                capture_output=True, text=True)
     except OSError:
         return None
     if result.returncode != 0:
