@@ -23,7 +23,7 @@ import torch
 
 from .config import TrainConfig
 from .families import DataInfo, Family, get_family
-from .runs import LOAD_FILES, load_run
+from .runs import LOAD_FILES, load_run, quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class SourcePolicy:
             raise ValueError(f"data_info out of range: {info}")
         if config.model.get("autoencoder") and not (path / "autoencoder" / "config.json").is_file():
             raise ValueError("latent diffusion without its autoencoder folder would load one from elsewhere")
-        with torch.device("meta"), warnings.catch_warnings():  # builds each module from its config, checks the weights' shapes, allocates nothing
+        with torch.device("meta"), warnings.catch_warnings(), quiet_loading():  # builds each module from its config, checks shapes, allocates nothing
             warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": the point here
             models = family.load_models(path)
             parameters = sum(p.numel() for model in models.values() for p in [*model.parameters(), *model.buffers()])
