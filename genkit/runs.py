@@ -23,7 +23,6 @@ RUN_FILES = ["training_config.json", "data_info.json", "metrics.json", "eval_res
 LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_files, what loading a run reads
 # what genkit itself writes into a run directory besides the exported models (cleared by --overwrite)
 HUB_RECORD = "hub.json"  # written by `genkit push`: where the run was published (a fine-tune's card cites it as base_model)
-PIPELINE_CODE = "pipeline.py"  # conditional / latent diffusion: the pipeline class DiffusionPipeline loads with trust_remote_code=True
 GENERATED = [*RUN_FILES, "run.json", HUB_RECORD, "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
 FINISHED_MARKER = "metrics.json"  # written last by a training: a run directory with a run id but without it has not finished
@@ -47,7 +46,7 @@ def run_id(run_dir: Path) -> str | None:
 
 def export_files(run_dir: Path, family: str) -> list[str]:
     """The run's publishable files that exist: run-level files plus the files the family's `save` writes."""
-    names = {*RUN_FILES, *get_family(family).export_files(), *([PIPELINE_CODE] if family == "diffusion" else [])}
+    names = {*RUN_FILES, *get_family(family).export_files()}  # diffusion: pipeline.py and decoder/ are in its export_files
     return sorted(name for name in names if (Path(run_dir) / name).is_file())
 
 
