@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images from a trained run; write a grid PNG")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--n", type=int, default=16, help="number of images")
-    p.add_argument("--scheduler", default=None, help="diffusion: ddpm, ddim, dpm++, dpm++_sde, unipc, euler, euler_a, heun")
+    p.add_argument("--scheduler", default=None, help="diffusion: ddpm, ddim, dpm++, dpm++_sde, unipc, euler, euler_a, heun "
+                   "(flow matching: euler, euler_a, heun, dpm++, dpm++_sde, unipc)")
     p.add_argument("--steps", type=int, default=None, help="diffusion: number of inference steps")
     p.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing", "linspace"])
     p.add_argument("--class-label", default=None, help="class index or name (conditional models); 'all' cycles through the classes")

@@ -19,7 +19,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
@@ -30,6 +29,7 @@ from .config import ConfigError, TrainConfig
 from .data import ImageTensors, ShardedBatches, load_train_eval, make_batch
 from .families import DataInfo, Family, get_family
 from .families.base import unwrap
+from .optim import TrainingClock, apply_optimizer_settings, make_lr_scheduler, make_optimizer
 from .plots import save_grid, save_loss_curve
 from .tracking import available_trackers, log_image, resolve_mixed_precision, tracker_init_kwargs
 
@@ -108,9 +108,9 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
         if config.trainable_layers:
             for part in family.parts:
                 freeze_all_but_last(family.models[part], config.trainable_layers)
-    optimizers = {part: _make_optimizer(config, family.models[part], accelerator.device) for part in family.parts}
-    schedulers = {part: get_scheduler(config.lr_scheduler, opt, num_warmup_steps=config.warmup_steps, num_training_steps=max_steps)
-                  for part, opt in optimizers.items()}
+    optimizers = {part: make_optimizer(config, family.models[part], accelerator.device) for part in family.parts}
+    clock = TrainingClock(accelerator, config.max_train_seconds)  # a time budget's schedule runs on it
+    schedulers = {part: make_lr_scheduler(config, opt, max_steps, clock) for part, opt in optimizers.items()}
     for part in family.parts:
         if config.channels_last:
             family.models[part].to(memory_format=torch.channels_last)
@@ -132,7 +132,8 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
         state = ckpt.read_state(path)
         ckpt.check_belongs(path, state, runs.run_id(run_dir))
         accelerator.load_state(str(path))
-        _apply_optimizer_settings(config, optimizers, schedulers)
+        clock.seconds = state["train_seconds"]
+        apply_optimizer_settings(config, optimizers, schedulers)
         accelerator.print(f"resumed from {path} at step {state['step']}")
     if accelerator.is_main_process:  # run_dir exists: _check_writable made it
         if not resume:
@@ -158,7 +159,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
         stop_reason = "max_steps"
         for model in family.models.values():
             model.train()
-        while state["step"] < max_steps:
+        while state["step"] < max_steps and not clock.exhausted:
             step, step_started = state["step"], time.perf_counter()
             for part in family.parts:
                 model, optimizer = family.models[part], optimizers[part]
@@ -183,12 +184,13 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                 ema.step(unwrap(family.models[family.ema_part]).parameters())
             state["step"] = step = step + 1
             state["train_seconds"] += time.perf_counter() - step_started
+            clock.update(state["train_seconds"])
             since_log += 1
             state["images_seen"] += config.batch_size * accum * accelerator.num_processes
             progress.update(1)
 
             at_log, at_eval, at_ckpt = step % config.log_every == 0, step % eval_every == 0, step % checkpoint_every == 0
-            at_end = step == max_steps
+            at_end = step == max_steps or clock.exhausted
             if at_log or at_eval or at_ckpt or at_end:  # never let a non-finite loss reach a metric or a checkpoint
                 row = {k: v.item() / since_log for k, v in running.items()}
                 _check_finite(row, step, config)
@@ -223,6 +225,8 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
             new_best = bool(judged) and train_eval.update_best(state, judged, config)
             if not at_end and _agree(accelerator, interrupted.is_set()):
                 stop_reason = "interrupted"
+            if clock.exhausted and step < max_steps:
+                stop_reason = f"time budget spent: {clock.seconds:.0f} s of training (max_train_seconds {config.max_train_seconds:g})"
             if at_ckpt or at_end or new_best or stop_reason != "max_steps":
                 save_checkpoint(accelerator, run_dir, state, config.keep_last)
             if stop_reason != "max_steps":
@@ -339,17 +343,6 @@ def _init_from(family_cls: type[Family], source: str) -> dict[str, nn.Module]:
         raise ConfigError(f"init_from={source!r}: cannot load {family_cls.name} weights from it ({type(err).__name__}: {err})") from None
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("no trainable parameters (check trainable_layers)")
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.betas[0], weight_decay=config.weight_decay)
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    fused = config.fused_optimizer if config.fused_optimizer is not None else device.type == "cuda"
-    return cls(params, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused or None)
-
-
 def _eval_batches(eval_data: ImageTensors, config: TrainConfig, device: torch.device, whole: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Fixed evaluation batches (corruption drawn from a seeded generator), the same at every evaluation; made lazily."""
     generator = torch.Generator(device=device).manual_seed(config.seed + 1)
@@ -368,21 +361,6 @@ def _check_finite(row: dict[str, float], step: int, config: TrainConfig) -> None
             f"--resume latest --set learning_rate={config.learning_rate / 10:g} max_grad_norm=1.0`"
             + (" mixed_precision=bf16" if config.mixed_precision == "fp16" else "")
             + " (learning_rate, weight_decay, betas, max_grad_norm and mixed_precision may change on resume).")
-
-
-def _apply_optimizer_settings(config: TrainConfig, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any]) -> None:
-    """After a resume, the config's learning rate, weight decay and betas replace the ones saved with the optimizer."""
-    for part, optimizer in optimizers.items():
-        scheduler = schedulers[part]
-        scheduler.base_lrs = [config.learning_rate for _ in scheduler.base_lrs]
-        factors = [f(scheduler.last_epoch) for f in scheduler.lr_lambdas]  # diffusers' schedules are LambdaLR
-        for group, factor in zip(optimizer.param_groups, factors):
-            group["initial_lr"], group["lr"] = config.learning_rate, config.learning_rate * factor
-            group["weight_decay"] = config.weight_decay
-            if "betas" in group:  # Adam / AdamW
-                group["betas"] = tuple(config.betas)
-            else:  # SGD takes its momentum from betas[0]
-                group["momentum"] = config.betas[0]
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -105,14 +105,16 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     family = config.family
     conditional = bool(config.model.get("class_conditional") or config.model.get("conditional"))
     latent = bool(config.model.get("autoencoder"))
+    flow = config.model.get("objective") == "flow_matching"
     source = config.data.source
     dataset = BUILTIN[source][0] if source in BUILTIN else (source if HUB_ID.fullmatch(source) else None)
     task = PIPELINE_TAGS.get(family, "other")
     results = eval_results(run_dir, config, dataset, task)
     parent, provenance = base_model(raw.init_from)
-    stock = family == "diffusion" and not conditional and not latent
+    stock = family == "diffusion" and not conditional and not latent and not flow  # a plain DDPMPipeline
     meta = ModelCardData(library_name="diffusers" if family == "diffusion" else "genkit", license="apache-2.0", pipeline_tag=task,
-                         tags=["genkit", family, *(["class-conditional"] if conditional else []), *(["diffusers:DDPMPipeline"] if stock else []),
+                         tags=["genkit", family, *(["class-conditional"] if conditional else []), *(["flow-matching"] if flow else []),
+                               *(["diffusers:DDPMPipeline"] if stock else []),
                                *(["model_hub_mixin", "pytorch_model_hub_mixin"] if family != "diffusion" else [])],
                          datasets=[dataset] if dataset else None, base_model=parent, model_name=repo_id.split("/")[-1],
                          eval_results=results or None)
@@ -127,16 +129,17 @@ def model_card(run_dir: Path, repo_id: str) -> str:
         sections.append("![samples](samples.png)")
     if rows:
         sections.append(f"## Metrics\n\nOn the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}")
-    sections.append(f"## Usage\n\n```bash\n{INSTALL}\n```\n\n```python\n{usage(run_dir, family, repo_id, conditional, latent)}\n```")
+    sections.append(f"## Usage\n\n```bash\n{INSTALL}\n```\n\n```python\n{usage(run_dir, family, repo_id, conditional, not stock)}\n```")
     sections.append(f"## Training config\n\n```yaml\n{yaml.safe_dump(config.to_dict(), sort_keys=False)}```\n\nTrained with "
                     f"`genkit train` (see the genkit README); `training_config.json` in this repo reproduces the run.")
     return "\n\n".join(sections) + "\n"
 
 
-def usage(run_dir: Path, family: str, repo_id: str, conditional: bool, latent: bool) -> str:
-    """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it)."""
+def usage(run_dir: Path, family: str, repo_id: str, conditional: bool, custom: bool) -> str:
+    """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it); `custom`: a
+    diffusion run saved with its own pipeline.py (conditional, latent or flow matching), not as a DDPMPipeline."""
     load = f"\n\n# every family, with its config and class names:\nfrom genkit.runs import load_family\n\nfamily = load_family(\"{repo_id}\")"
-    if family == "diffusion" and not conditional and not latent:
+    if family == "diffusion" and not custom:
         return (f"import torch\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"{repo_id}\")\n"
                 f"images = pipe(batch_size=4, num_inference_steps=50).images  # PIL images\n"
                 f"{load}\nimages = family.generate(4, torch.Generator().manual_seed(0), scheduler=\"dpm++\", steps=25)  # any scheduler")

@@ -7,7 +7,8 @@ installed. It is also genkit's one sampling loop (`genkit sample` goes through i
 The loop applies `init_noise_sigma` and `scale_model_input` (right for every scheduler, unlike `DDPMPipeline`), class
 labels with classifier-free guidance, SDEdit (`image` + `strength`) and the x0 handling (clip / dynamic thresholding),
 which lives in the pipeline's config and not in the scheduler, so a stock scheduler swap keeps it. Latent runs carry a
-`LatentDecoder` component and decode in `__call__`.
+`LatentDecoder` component and decode in `__call__`. Flow-matching models (`prediction_type="flow_prediction"`, the
+velocity noise - x0) run with Diffusers' FlowMatch schedulers or DPM-Solver / UniPC on flow sigmas, the same loop.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 X0_MODES = ("none", "clip", "dynamic")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")  # flow_prediction: the velocity noise - x0 of flow matching
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # the torch layers a LatentDecoder may hold, with the attributes that rebuild each one (Dropout and Identity do
 # nothing at inference and are left out)
@@ -101,6 +102,11 @@ def handle_x0(x0: torch.Tensor, mode: str, clip_range: float = 1.0, ratio: float
         level = level.view(-1, *[1] * (x0.ndim - 1))
         return torch.maximum(torch.minimum(x0, level), -level) / level
     return x0
+
+
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """Whether `scheduler` walks the flow-matching path x_t = (1 - s) x0 + s noise (FlowMatch*, or use_flow_sigmas)."""
+    return type(scheduler).__name__.startswith("FlowMatch") or bool(scheduler.config.get("use_flow_sigmas", False))
 
 
 def convert_prediction(pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, source: str, target: str,
@@ -200,20 +206,36 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
 
     def for_scheduler(self, pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The prediction in the scheduler's prediction type, after this pipeline's x0 handling (any scheduler alike)."""
-        config = self.config
-        source = config.prediction_type or self.scheduler.config.prediction_type
-        target = self.scheduler.config.prediction_type
-        if config.x0_handling == "none" and source == target:
-            return pred
-        alphas = getattr(self.scheduler, "alphas_cumprod", None)
-        if alphas is None:  # e.g. a flow-matching scheduler: its x0 follows another formula
-            raise ValueError(f"x0 handling and prediction conversion need a scheduler with alphas_cumprod, not {type(self.scheduler).__name__}")
-        alpha_bar = alphas[min(int(round(float(t))), len(alphas) - 1)].to(pred.device, torch.float32)
+        config, flow = self.config, is_flow_scheduler(self.scheduler)
+        target = self.scheduler.config.get("prediction_type") or "flow_prediction"  # FlowMatch schedulers take velocities only
+        source = config.prediction_type or target
+        if (source == "flow_prediction") != flow or (flow and target != "flow_prediction"):
+            raise ValueError(f"a {source} model cannot be sampled by {type(self.scheduler).__name__} ({target}): flow-matching models need a "
+                             "flow scheduler (FlowMatchEuler/Heun, or DPMSolverMultistep/UniPC with use_flow_sigmas=True and "
+                             "prediction_type='flow_prediction'); noise-prediction models a DDPM-family one")
 
         def x0_fn(x0: torch.Tensor) -> torch.Tensor:
             return handle_x0(x0, config.x0_handling, config.clip_sample_range, config.dynamic_thresholding_ratio, config.sample_max_value)
 
+        if config.x0_handling == "none" and source == target:
+            return pred
+        if flow:  # x_t = (1 - s) x0 + s noise, velocity noise - x0, s = t / T
+            s = (t.float() / self.scheduler.config.num_train_timesteps).clamp(min=1e-4).to(pred.device)
+            x0 = x0_fn(x.float() - s * pred.float())
+            return ((x.float() - x0) / s).to(pred.dtype)
+        alphas = getattr(self.scheduler, "alphas_cumprod", None)
+        if alphas is None:
+            raise ValueError(f"x0 handling and prediction conversion need a scheduler with alphas_cumprod, not {type(self.scheduler).__name__}")
+        alpha_bar = alphas[min(int(round(float(t))), len(alphas) - 1)].to(pred.device, torch.float32)
         return convert_prediction(pred.float(), x.float(), alpha_bar, source, target, x0_fn).to(pred.dtype)
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device) -> None:
+        """The scheduler's timesteps; FlowMatch Euler gets the evenly spaced sigmas 1, 1 - 1/n, ..., 1/n of Diffusers' SD3 and Flux
+        pipelines (its own default ends at 1/T, which spends one of few steps going from 0.001 to 0)."""
+        if type(self.scheduler).__name__.startswith("FlowMatch") and "sigmas" in inspect.signature(self.scheduler.set_timesteps).parameters:
+            self.scheduler.set_timesteps(sigmas=torch.linspace(1, 1 / num_inference_steps, num_inference_steps).tolist(), device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
 
     def check_inputs(self, num_inference_steps: int, strength: float, output_type: str, generator: Any, batch_size: int,
                      tensor_inputs: list[str]) -> None:
@@ -266,11 +288,11 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
         if labels is not None:
             labels = labels.to(device)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.set_timesteps(num_inference_steps, device)
         timesteps = self.scheduler.timesteps
         noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None else latents.to(device, dtype)
         if image is None:
-            x = noise * self.scheduler.init_noise_sigma
+            x = noise * getattr(self.scheduler, "init_noise_sigma", 1.0)  # FlowMatch schedulers start at pure noise, sigma 1
         else:
             if tuple(image.shape[1:]) != shape[1:]:
                 raise ValueError(f"image must have shape (N, {shape[1]}, {shape[2]}, {shape[3]}) in model space, got {tuple(image.shape)}")
@@ -278,7 +300,11 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
             timesteps = timesteps[skip * self.scheduler.order :]
             if hasattr(self.scheduler, "set_begin_index"):
                 self.scheduler.set_begin_index(skip * self.scheduler.order)
-            x = self.scheduler.add_noise(image.to(device, dtype), noise, timesteps[:1].repeat(batch_size))
+            start = timesteps[:1].repeat(batch_size)
+            if hasattr(self.scheduler, "scale_noise"):  # FlowMatch schedulers: (1 - s) image + s noise
+                x = self.scheduler.scale_noise(image.to(device, dtype), start, noise)
+            else:
+                x = self.scheduler.add_noise(image.to(device, dtype), noise, start)
 
         self._num_timesteps, self._interrupt = len(timesteps), False
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
@@ -286,7 +312,7 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                model_input = self.scheduler.scale_model_input(x, t)
+                model_input = self.scheduler.scale_model_input(x, t) if hasattr(self.scheduler, "scale_model_input") else x
                 pred = self.for_scheduler(self.predict(model_input, t, labels, guidance_scale), model_input, t)
                 x = self.scheduler.step(pred, t, x, **({"generator": generator} if takes_generator else {})).prev_sample
                 if callback_on_step_end is not None:

@@ -17,6 +17,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     UniPCMultistepScheduler,
 )
@@ -33,6 +35,17 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),
+}
+# flow-matching models (velocity on x_t = (1 - s) x0 + s noise) take the samplers written for that path, under the same
+# names: Diffusers' FlowMatch Euler / Heun, Euler with fresh noise at each step (euler_a), and DPM-Solver++ / UniPC on flow sigmas
+FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+FLOW_SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "euler": (FlowMatchEulerDiscreteScheduler, {}),
+    "euler_a": (FlowMatchEulerDiscreteScheduler, {"stochastic_sampling": True}),
+    "heun": (FlowMatchHeunDiscreteScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **FLOW}),
+    "dpm++_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, **FLOW}),
+    "unipc": (UniPCMultistepScheduler, FLOW),
 }
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 NOISE_SCHEDULE = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
@@ -61,16 +74,26 @@ class X0Handling:
                 "sample_max_value": self.max_value}
 
 
-def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None = None) -> SchedulerMixin:
-    """A sampling scheduler of kind `name` sharing the training noise schedule (betas, prediction type).
+def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None = None, flow: bool = False) -> SchedulerMixin:
+    """A sampling scheduler of kind `name` sharing the training noise schedule (betas, prediction type), or for a
+    flow-matching model (`flow`), the flow-matching form of that sampler.
 
     The scheduler clips nothing: x0 handling is the pipeline's, so it survives a scheduler swap.
     """
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    menu = FLOW_SCHEDULERS if flow else SCHEDULERS
+    if name not in menu:
+        kind = "a flow-matching model" if flow else "a noise-prediction model"
+        raise ValueError(f"unknown scheduler {name!r} for {kind}; choose one of {', '.join(menu)}")
     if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
-    cls, extra = SCHEDULERS[name]
+    cls, extra = menu[name]
+    if flow:  # evenly spaced in sigma (Diffusers' flow samplers have no other spacing); the shift is the training one
+        if timestep_spacing is not None:
+            raise ValueError("timestep_spacing applies to noise-prediction models; flow-matching samplers space sigma evenly")
+        keep = {key: train_config[key] for key in ("num_train_timesteps", "shift") if key in train_config}
+        if cls is not FlowMatchEulerDiscreteScheduler and cls is not FlowMatchHeunDiscreteScheduler:
+            keep = {"num_train_timesteps": keep.get("num_train_timesteps", 1000), "flow_shift": keep.get("shift", 1.0)}
+        return cls(**keep, **extra)
     # "leading" by default for every scheduler: "linspace"/"trailing" start at t=T-1, where a squaredcos_cap_v2
     # schedule has alpha_bar ~ 2e-9 (sigma ~ 2e4) and epsilon errors are multiplied into noise. Passed as a keyword:
     # from_config() replaces keys the training scheduler left at their defaults with the new class's defaults.

@@ -68,7 +68,7 @@ def generation_info(family: Family, source: str, n: int, seed: int, class_label:
     diffusion = family.name == "diffusion"
     return {
         "generated_by": "genkit", "run": source, "family": family.name, "num_images": n, "seed": seed,
-        "scheduler": options.get("scheduler") or (family.option("sampler") if diffusion else None),
+        "scheduler": options.get("scheduler") or (family.sampler if diffusion else None),
         "steps": options.get("steps") or (family.option("sample_steps") if diffusion else None),
         "guidance_scale": options.get("guidance_scale") if options.get("guidance_scale") is not None else
         (family.option("guidance_scale") if diffusion and family.conditional else None),

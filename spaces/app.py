@@ -33,7 +33,7 @@ from genkit.latents import grid_points
 from genkit.plots import make_grid
 from genkit.runs import default_device, load_family
 from genkit.safe_load import ModelCache, ModelRejected, SourcePolicy
-from genkit.sampling import SCHEDULERS
+from genkit.sampling import FLOW_SCHEDULERS, SCHEDULERS
 
 DEVICE = default_device()
 PREVIEW_EVERY = 5  # stream a preview every N denoising steps
@@ -347,8 +347,9 @@ def sample(source: str, scheduler: str, steps: float, class_label: str, guidance
         return
     steps = number(steps, "Steps", 1, _budget.steps, integer=True)
     guidance_scale = number(guidance_scale, "Guidance scale", 0, 10)
-    if scheduler not in SCHEDULERS:
-        raise refuse(f"Scheduler must be one of {list(SCHEDULERS)}.")
+    menu = FLOW_SCHEDULERS if family.flow else SCHEDULERS  # a flow-matching model takes the flow forms of the samplers
+    if scheduler not in menu:
+        raise refuse(f"Scheduler must be one of {list(menu)} for this model.")
     _budget.check(n, steps)
     with _budget.run(None if model.step_seconds is None else n * steps * model.step_seconds) as deadline:
         yield from _stream(family, n, generator, labels, model.step_seconds, deadline, nrow, scheduler=scheduler, steps=steps,

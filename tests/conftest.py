@@ -16,9 +16,26 @@ if "GENKIT_CACHE" not in os.environ:  # decoded splits and classifiers: one cach
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = Path(os.environ.get("GENKIT_TEST_MNIST", REPO.parent / "shared" / "data" / "mnist"))
+
+
+class FakeUNet(torch.nn.Module):
+    """Base of the tests' exact denoisers: a module with a device and a dtype (one parameter) that pipelines can hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    @property
+    def dtype(self):
+        return self.anchor.dtype
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import FakeUNet, tiny_config
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from genkit.config import ConfigError
@@ -16,7 +16,7 @@ from genkit.sampling import SCHEDULERS, X0Handling, make_scheduler, sample
 TRAIN_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
 
 
-class OracleUNet(torch.nn.Module):
+class OracleUNet(FakeUNet):
     """The exact denoiser for a data set of one image per class: any correct sampler must land on that image.
 
     It reads the timestep the way a trained UNet does, so a sampler that forgets `scale_model_input` or
@@ -29,15 +29,6 @@ class OracleUNet(torch.nn.Module):
         self.alphas_cumprod = DDPMScheduler(**TRAIN_SCHEDULE).alphas_cumprod.double()
         self.prediction_type = prediction_type
         self.config = SimpleNamespace(in_channels=targets.shape[1], sample_size=targets.shape[2], num_class_embeds=len(targets) + 1)
-        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device and dtype
-
-    @property
-    def device(self):
-        return self.anchor.device
-
-    @property
-    def dtype(self):
-        return self.anchor.dtype
 
     def forward(self, x, t, class_labels=None):
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)

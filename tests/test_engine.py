@@ -359,3 +359,31 @@ def test_a_second_trainer_on_the_same_run_is_refused_and_a_killed_ones_lock_is_g
         other.kill()  # as a kill -9: the kernel drops its lock
         other.wait()
     assert train(tiny_config(tiny_idx, run, max_steps=2))["step"] == 2
+
+
+def test_a_time_budget_stops_training_and_the_schedule_decays_over_it(tiny_idx, tmp_path, monkeypatch):
+    import types
+
+    import genkit.engine
+
+    clock = {"now": 0.0}  # each step takes 0.1 s of the engine's clock, whatever the machine's load
+    monkeypatch.setattr(genkit.engine, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    original = AutoencoderFamily.loss
+
+    def slow_loss(self, part, batch):
+        clock["now"] += 0.1
+        return original(self, part, batch)
+
+    monkeypatch.setattr(AutoencoderFamily, "loss", slow_loss)
+    config = tiny_config(tiny_idx, tmp_path / "run", max_steps=1000, max_train_seconds=0.6, lr_scheduler="cosine", warmup_steps=1,
+                         log_every=1, checkpoint_every=1000, eval_every=1000)
+    summary = train(config)
+    assert summary["step"] == 6 and summary["stop_reason"].startswith("time budget spent")  # 6 x 0.1 s reaches 0.6 s
+    assert summary["train_seconds"] == pytest.approx(0.6)
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    lrs = [row["lr"] for row in history if "lr" in row]
+    # after the warm-up step the cosine follows the clock as it stood when the step began: 0 s, 0.1 s, ... of 0.6 s
+    assert lrs == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)], rel=1e-6)
+    assert ckpt.list_checkpoints(tmp_path / "run")
+    with pytest.raises(Exception, match="max_train_seconds"):
+        train(tiny_config(tiny_idx, tmp_path / "bad", max_train_seconds=0))

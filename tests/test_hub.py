@@ -294,6 +294,7 @@ def family_runs(tiny_idx, ae_run, tmp_path_factory):
         "rbm": dict(family="rbm", model={"hidden": 16}),
         "diffusion": dict(family="diffusion", model={"preset": "tiny", "sample_steps": 2}, data=pixels),
         "diffusion-conditional": dict(family="diffusion", model={"preset": "tiny", "sample_steps": 2, "class_conditional": True}, data=pixels),
+        "diffusion-flow": dict(family="diffusion", model={"preset": "tiny", "sample_steps": 2, "objective": "flow_matching"}, data=pixels),
     }
     runs = {"autoencoder": ae_run}
     for name, config in configs.items():
@@ -314,7 +315,7 @@ def dry_run(run: Path, folder: Path, repo_id: str = "someone/model") -> tuple[Pa
     return folder, code.replace(f'"{repo_id}"', repr(str(folder)))
 
 
-@pytest.mark.parametrize("name", ["autoencoder", "vae", "gan", "rbm", "diffusion", "diffusion-conditional"])
+@pytest.mark.parametrize("name", ["autoencoder", "vae", "gan", "rbm", "diffusion", "diffusion-conditional", "diffusion-flow"])
 def test_card_snippet_runs_against_the_uploaded_folder(family_runs, name, tmp_path, monkeypatch):
     folder, code = dry_run(family_runs[name], tmp_path / "upload")
     assert not [p for p in family_runs[name].rglob("README.md")]  # the hub mixin wrote no placeholder card anywhere in the run

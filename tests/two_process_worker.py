@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -11,7 +12,7 @@ from conftest import tiny_config  # noqa: E402
 from genkit import engine  # noqa: E402
 
 
-def main(data_dir: str, out_dir: str) -> None:
+def main(data_dir: str, out_dir: str, mode: str = "steps") -> None:
     seen: list[int] = []
     sums: list[float] = []
     make_batch, save_checkpoint = engine.make_batch, engine.save_checkpoint
@@ -26,10 +27,24 @@ def main(data_dir: str, out_dir: str) -> None:
         save_checkpoint(accelerator, run_dir, state, keep_last)
 
     engine.make_batch, engine.save_checkpoint = recording_make_batch, recording_save
-    summary = engine.train(tiny_config(Path(data_dir), Path(out_dir) / "run", max_steps=8, checkpoint_every=4, batch_size=16))
+    options = dict(max_steps=8, checkpoint_every=4, batch_size=16)
+    if mode == "budget":  # rank 1 is slower: the shared clock must still stop both at the same step, with the same lr
+        from genkit.families.autoencoder import AutoencoderFamily
+
+        original = AutoencoderFamily.loss
+
+        def loss(self, part, batch):
+            if os.environ["RANK"] == "1":
+                time.sleep(0.05)
+            return original(self, part, batch)
+
+        AutoencoderFamily.loss = loss
+        options = dict(max_steps=1000, max_train_seconds=0.5, lr_scheduler="cosine", checkpoint_every=4, batch_size=16)
+    summary = engine.train(tiny_config(Path(data_dir), Path(out_dir) / "run", **options))
     rank = int(os.environ["RANK"])  # end_training() has already torn the process group down
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "sums": sums, "num_processes": summary["num_processes"]}))
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "sums": sums, "num_processes": summary["num_processes"],
+                                                                "step": summary["step"], "stop_reason": summary["stop_reason"]}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

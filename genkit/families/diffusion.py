@@ -1,7 +1,9 @@
-"""Denoising diffusion on Diffusers: `UNet2DModel` + `DDPMScheduler` training, any scheduler for sampling.
+"""Diffusion on Diffusers' `UNet2DModel`: DDPM training (epsilon / v / x0 targets) or flow matching (rectified flow: the
+velocity noise - x0 on the straight path between data and noise), and any scheduler that fits the objective for sampling.
 
-Unconditional pixel runs are saved as a `DDPMPipeline`; class-conditional and latent runs as a `GenkitDiffusionPipeline`
-whose code travels with them (`pipeline.py`), so they load in stock Diffusers with `trust_remote_code=True`.
+Unconditional DDPM pixel runs are saved as a `DDPMPipeline`; class-conditional, latent and flow-matching runs as a
+`GenkitDiffusionPipeline` whose code travels with them (`pipeline.py`), so they load in stock Diffusers with
+`trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.training_utils import compute_snr
 
 from ..config import ConfigError, TrainConfig
 from ..pipelines import GenkitDiffusionPipeline, LatentDecoder, decode_samples
-from ..sampling import SCHEDULERS, X0Handling, make_scheduler, step_callback
+from ..sampling import FLOW_SCHEDULERS, SCHEDULERS, X0Handling, make_scheduler, step_callback
 from .base import Family, save_without_card, unwrap
 
 # channels per resolution level; every preset has 3 levels, so 28x28 (28 -> 14 -> 7) and 32x32 both work
@@ -26,6 +28,10 @@ PRESETS = {
     "small": {"block_out_channels": [32, 64, 64], "layers_per_block": 2, "attention": True},
     "base": {"block_out_channels": [64, 128, 128], "layers_per_block": 2, "attention": True},
 }
+OBJECTIVES = ("ddpm", "flow_matching")
+DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler"}
+# DDPM-only options: a flow-matching config that sets one is told so instead of having it ignored
+DDPM_ONLY = ("prediction_type", "beta_schedule", "snr_gamma", "timestep_spacing")
 
 
 def build_unet(image_size: int, channels: int, block_out_channels: list[int], layers_per_block: int, attention: bool,
@@ -47,7 +53,8 @@ def build_unet(image_size: int, channels: int, block_out_channels: list[int], la
 
 
 class DiffusionFamily(Family):
-    """DDPM training with epsilon / v / sample prediction, min-SNR weighting and label dropout for guidance."""
+    """DDPM training with epsilon / v / sample prediction and min-SNR weighting, or flow matching with uniform or
+    logit-normal times; label dropout for classifier-free guidance."""
 
     name = "diffusion"
     model_classes = {"unet": UNet2DModel}
@@ -59,9 +66,14 @@ class DiffusionFamily(Family):
         """The keys accepted under `model:`, with their defaults."""
         return {
             "preset": "small", "block_out_channels": None, "layers_per_block": None, "attention": None,
+            # flow_matching: x_t = (1 - s) x0 + s noise, the UNet predicts noise - x0 at timestep s * T; s is drawn
+            # uniformly or logit-normally (sigmoid of N(logit_mean, logit_std), SD3's choice: more weight mid-path);
+            # flow_shift > 1 moves the sampling steps towards noise (SD3's shift)
+            "objective": "ddpm", "time_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "flow_shift": 1.0,
             "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
             "class_conditional": False, "label_dropout": 0.1,
-            "sampler": "dpm++_sde", "sample_steps": 20, "guidance_scale": 2.0, "timestep_spacing": None,
+            # sampler null: dpm++_sde for ddpm, euler for flow matching
+            "sampler": None, "sample_steps": 20, "guidance_scale": 2.0, "timestep_spacing": None,
             # the predicted clean image at each sampling step: clipped to [-range, range] (null: on in pixel space, off
             # for latents) or, with thresholding, Imagen's dynamic thresholding at the given quantile
             "clip_sample": None, "clip_sample_range": 1.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
@@ -80,8 +92,21 @@ class DiffusionFamily(Family):
             raise ConfigError(f"model.prediction_type must be epsilon, v_prediction or sample, got {m['prediction_type']!r}")
         if m["beta_schedule"] not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
             raise ConfigError(f"model.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2, got {m['beta_schedule']!r}")
-        if m["sampler"] not in SCHEDULERS:
-            raise ConfigError(f"model.sampler must be one of {list(SCHEDULERS)}, got {m['sampler']!r}")
+        if m["objective"] not in OBJECTIVES:
+            raise ConfigError(f"model.objective must be one of {OBJECTIVES}, got {m['objective']!r}")
+        flow = m["objective"] == "flow_matching"
+        if flow:
+            if m["time_sampling"] not in ("uniform", "logit_normal"):
+                raise ConfigError(f"model.time_sampling must be uniform or logit_normal, got {m['time_sampling']!r}")
+            if not m["logit_std"] > 0 or not m["flow_shift"] > 0:
+                raise ConfigError("model.logit_std and model.flow_shift must be > 0")
+            misplaced = [k for k in DDPM_ONLY if config.model.get(k) is not None and k in config.model]
+            if misplaced:
+                raise ConfigError(f"model.{misplaced[0]} applies to objective: ddpm; flow matching predicts the velocity noise - x0 on a "
+                                  f"straight path: remove it from the config or --set model.{misplaced[0]}=null")
+        menu = FLOW_SCHEDULERS if flow else SCHEDULERS
+        if m["sampler"] is not None and m["sampler"] not in menu:
+            raise ConfigError(f"model.sampler must be one of {list(menu)} for objective {m['objective']}, got {m['sampler']!r}")
         if m["clip_sample"] not in (None, True, False):
             raise ConfigError(f"model.clip_sample must be true, false or null (on for pixel-space models), got {m['clip_sample']!r}")
         if not 0 < m["dynamic_thresholding_ratio"] <= 1 or m["sample_max_value"] < 1 or m["clip_sample_range"] <= 0:
@@ -105,6 +130,9 @@ class DiffusionFamily(Family):
             "identity" if getattr(self.autoencoder, "linear", False) else "sigmoid")
         # an unconditional run's exported scheduler carries the x0 handling too, so a stock DDPMPipeline samples as genkit does
         x0 = self.x0_handling()
+        if self.flow:
+            self.noise_scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.option("num_train_timesteps"), shift=self.option("flow_shift"))
+            return
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.option("num_train_timesteps"), beta_schedule=self.option("beta_schedule"),
                                              prediction_type=self.option("prediction_type"), clip_sample=x0.mode == "clip",
                                              clip_sample_range=x0.clip_range, thresholding=x0.mode == "dynamic",
@@ -117,6 +145,21 @@ class DiffusionFamily(Family):
             clip = self.autoencoder is None if clip is None else clip  # pixels live in [-1, 1]; latents have no such bound
             mode = "dynamic" if self.option("thresholding") else "clip" if clip else "none"
         return X0Handling(mode, self.option("clip_sample_range"), self.option("dynamic_thresholding_ratio"), self.option("sample_max_value"))
+
+    @property
+    def flow(self) -> bool:
+        """Whether this is a flow-matching model (else DDPM)."""
+        return self.option("objective") == "flow_matching"
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: epsilon, v_prediction, sample, or flow_prediction (the velocity noise - x0)."""
+        return "flow_prediction" if self.flow else self.option("prediction_type")
+
+    @property
+    def sampler(self) -> str:
+        """The run's default sampler."""
+        return self.option("sampler") or DEFAULT_SAMPLER[self.option("objective")]
 
     @property
     def conditional(self) -> bool:
@@ -161,12 +204,17 @@ class DiffusionFamily(Family):
         x0 = batch["image"] if self.autoencoder is None else self.to_latent(batch["image"])
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator, device=x0.device)
-        noisy = self.noise_scheduler.add_noise(x0, noise, t)
         labels = None
         if self.conditional:
             keep = torch.rand(n, generator=generator, device=x0.device) >= self.option("label_dropout")
             labels = torch.where(keep, batch["label"], torch.full_like(batch["label"], self.null_label))
+        if self.flow:
+            s = self.flow_times(n, generator, x0.device)
+            noisy = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
+            pred = self.models["unet"](noisy, s * self.noise_scheduler.config.num_train_timesteps, class_labels=labels).sample.float()
+            return F.mse_loss(pred, noise - x0), {}
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator, device=x0.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
         pred = self.models["unet"](noisy, t, class_labels=labels).sample.float()
         kind = self.option("prediction_type")
         target = {"epsilon": noise, "v_prediction": self.noise_scheduler.get_velocity(x0, noise, t), "sample": x0}[kind]
@@ -180,6 +228,12 @@ class DiffusionFamily(Family):
         weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[kind]
         return (per_image * weight).mean(), {"mse": per_image.mean().detach()}
 
+    def flow_times(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """Path positions s in (0, 1) (0: data, 1: noise) for a training batch, uniform or logit-normal."""
+        if self.option("time_sampling") == "logit_normal":
+            return torch.sigmoid(self.option("logit_mean") + self.option("logit_std") * torch.randn(n, generator=generator, device=device))
+        return torch.rand(n, generator=generator, device=device)
+
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         # fixed noise and timesteps, so evaluations are comparable across steps and leave the training RNG alone
@@ -190,12 +244,12 @@ class DiffusionFamily(Family):
 
     def pipeline(self, scheduler: str | None = None, timestep_spacing: str | None = None, x0: str | None = None) -> GenkitDiffusionPipeline:
         """A pipeline over the current UNet (and decoder) with a sampling scheduler (default: the run's `model.sampler`)."""
-        sched = make_scheduler(scheduler or self.option("sampler"), self.noise_scheduler.config, timestep_spacing or self.option("timestep_spacing"))
+        sched = make_scheduler(scheduler or self.sampler, self.noise_scheduler.config, timestep_spacing or self.option("timestep_spacing"), self.flow)
         unet = unwrap(self.models["unet"])
         if self.decoder is not None:
             self.decoder.to(unet.device)
         id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
-        pipe = GenkitDiffusionPipeline(unet, sched, self.decoder, id2label, self.option("prediction_type"), **self.x0_handling(x0).pipeline_config())
+        pipe = GenkitDiffusionPipeline(unet, sched, self.decoder, id2label, self.prediction_type, **self.x0_handling(x0).pipeline_config())
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -234,7 +288,7 @@ class DiffusionFamily(Family):
         """Export the pipeline (and, for latent diffusion, its autoencoder) into `directory`."""
         if self.autoencoder is not None:  # genkit's own copy (its encoder serves SDEdit); the pipeline carries the decoder
             save_without_card(self.autoencoder, Path(directory) / "autoencoder")
-        if self.conditional or self.autoencoder is not None:
+        if self.conditional or self.autoencoder is not None or self.flow:
             self.pipeline().save_pretrained(directory)  # the run's sampler and x0 handling: it samples as `genkit sample` does
         else:
             DDPMPipeline(unet=unwrap(self.models["unet"]), scheduler=self.noise_scheduler).save_pretrained(directory)
