@@ -18,6 +18,7 @@ from genkit.engine import train
 from genkit.evaluation import class_accuracy, get_classifier, prdc, real_pair, training_images
 from genkit.evaluation.distances import fid_kid
 from genkit.evaluation.features import ClassifierSpace
+from genkit.families.diffusion import DDPM_ONLY
 from genkit.runs import load_family
 
 # each objective's model options; the rest (UNet, batch, lr, steps, EMA, guidance) comes from the shared config
@@ -28,7 +29,6 @@ OBJECTIVES = {
     "flow": {"objective": "flow_matching", "time_sampling": "logit_normal"},
     "flow_uniform": {"objective": "flow_matching", "time_sampling": "uniform"},
 }
-DDPM_ONLY = ("prediction_type", "beta_schedule", "snr_gamma", "timestep_spacing")
 # deterministic samplers per kind of model; heun spends 2 evaluations per step but the first
 SAMPLERS = {"ddpm": ["ddim", "dpm++", "unipc"], "flow_matching": ["euler", "heun", "dpm++", "unipc"]}
 
