@@ -182,7 +182,7 @@ class HubRecorder:
         monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: f"https://huggingface.co/{repo_id}")
         monkeypatch.setattr(HfApi, "upload_folder", self.upload_folder)
 
-    def upload_folder(self, api, folder_path, repo_id, **kwargs):
+    def upload_folder(self, folder_path, repo_id, **kwargs):  # set on the class as a bound method: HfApi's self is not passed
         files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
         assert files, f"an empty upload to {repo_id}"
         self.uploads.append((repo_id, kwargs.get("repo_type"), files))
@@ -305,20 +305,31 @@ class PageRunner:
         thread = threading.Thread(target=lambda: outcome.setdefault("rc", call_genkit([*argv, "--port", str(port)])), daemon=True)
         thread.start()
         deadline = time.monotonic() + APP_START_SECONDS
+        served = []  # the app's Blocks once launch() has returned (closing it earlier breaks gradio's own start-up request)
         try:
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-                        assert response.status == 200
-                        break
-                except OSError:
-                    assert thread.is_alive(), f"{where}: the app stopped (exit code {outcome.get('rc')}) before serving its page"
-                    assert time.monotonic() < deadline, f"{where}: no page after {APP_START_SECONDS} s"
-                    time.sleep(0.5)
+            while not served:
+                assert thread.is_alive(), f"{where}: the app stopped (exit code {outcome.get('rc')}) before serving its page"
+                assert time.monotonic() < deadline, f"{where}: no page after {APP_START_SECONDS} s"
+                time.sleep(0.5)
+                if waiting_in(thread, "block_thread"):  # launch() is done: the app now serves until closed
+                    served = [b for b in gradio.Blocks.get_instances() if b.is_running and getattr(b, "server_port", None) == port]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as response:
+                assert response.status == 200, f"{where}: the page answered {response.status}"
         finally:
-            gradio.close_all()
+            for blocks in served:
+                blocks.close()
             thread.join(60)
         assert outcome.get("rc") == 0, f"{where}: the app exited with {outcome.get('rc')}"
+
+
+def waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Whether `thread` is inside a call of `function` right now."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @pytest.mark.slow

@@ -177,7 +177,8 @@ def test_distribution_name_is_not_googles_genkit():
     assert project["name"] == "hf-genkit" and project["scripts"] == {"genkit": "genkit.cli:main"}
     from genkit.hub import INSTALL, space_card
 
-    texts = [(root / name).read_text() for name in ["README.md", "spaces/README.md", "spaces/requirements.txt"]]
+    names = ["README.md", "spaces/README.md", "spaces/requirements.txt", *sorted(p.relative_to(root).as_posix() for p in (root / "docs").glob("*.md"))]
+    texts = [(root / name).read_text() for name in names]
     for text in [*texts, INSTALL, space_card("someone/space", [], True)]:
         assert not re.search(r"(?m)^\s*pip install (-U )?[\"']?genkit\b(?!-)", text), text[:200]  # warnings about it may quote it
     assert INSTALL.startswith("pip install hf-genkit")
@@ -333,11 +334,11 @@ def test_card_snippet_runs_against_the_uploaded_folder(family_runs, name, tmp_pa
 WHAT_LOADS_WHERE = re.compile(r"^\| `(?P<family>[\w-]+)` \| `(?P<loader>[^`]+)` \| `(?P<snippet>[^`]+)` \|.*$", re.M)
 
 
-def test_readme_what_loads_where_rows_load(family_runs, tmp_path, monkeypatch):
+def test_docs_what_loads_where_rows_load(family_runs, tmp_path, monkeypatch):
     from genkit.runs import load_family
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = [m.groupdict() for m in WHAT_LOADS_WHERE.finditer(readme.split("### What loads where")[1].split("\n#")[0])]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "app-and-hub.md").read_text()
+    rows = [m.groupdict() for m in WHAT_LOADS_WHERE.finditer(page.split("## What loads where")[1].split("\n#")[0])]
     assert {row["family"] for row in rows} == set(family_runs)
     monkeypatch.chdir(tmp_path)
     for i, row in enumerate(rows):
