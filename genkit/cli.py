@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (overrides output_dir)")
     p.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
     p.add_argument("--overwrite", action="store_true", help="train into an output_dir that already holds a run")
+    p.add_argument("--no-lock", action="store_true",
+                   help="do not lock the output_dir (for filesystems without file locks); make sure no other genkit train uses it")
 
     p = sub.add_parser("reconstruct", help="reconstruct test images with a trained autoencoder; print the test MSE")
     p.add_argument("run", help="run directory or Hub repo id")
@@ -177,7 +179,7 @@ def _train(args: argparse.Namespace) -> int:
         config.output_dir = args.output_dir
     from .engine import train
 
-    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, lock=not args.no_lock)
     print(json.dumps(summary, indent=2))
     run = Path(config.output_dir)
     if summary["stop_reason"] == "interrupted":

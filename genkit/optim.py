@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules: over optimizer steps, or over a training-time budget (`max_train_seconds`).
+"""Optimizers and learning-rate schedules: over optimizer steps, or over a training budget (`max_train_seconds` of wall
+time, or `max_train_cpu_seconds` of the process's CPU time, which a busy machine does not eat).
 
 A time-budgeted run does not know its step count in advance, so its schedule runs on the training clock: after the
 warm-up steps, the cosine or linear decay follows the fraction of the budget spent. In several processes the clock is
@@ -32,31 +33,50 @@ def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) 
 
 
 class TrainingClock:
-    """Training seconds so far (steps only: evaluation, sampling and checkpoints do not count), agreed across processes."""
+    """Training seconds and CPU seconds so far (steps only: evaluation, sampling and checkpoints do not count), agreed
+    across processes, against the optional budgets of each (`max_train_seconds`, `max_train_cpu_seconds`)."""
 
-    def __init__(self, accelerator: Accelerator, budget: float | None, seconds: float = 0.0):
-        self.accelerator, self.budget, self.seconds = accelerator, budget, seconds
+    def __init__(self, accelerator: Accelerator, budget: float | None, cpu_budget: float | None = None):
+        self.accelerator, self.budget, self.cpu_budget = accelerator, budget, cpu_budget
+        self.seconds = self.cpu_seconds = 0.0
 
-    def update(self, local_seconds: float) -> None:
-        """Take this process's training seconds; with a budget, every process takes the largest."""
-        if self.budget is not None and self.accelerator.num_processes > 1:
-            local_seconds = self.accelerator.reduce(torch.tensor([local_seconds], device=self.accelerator.device), reduction="max").item()
-        self.seconds = local_seconds
+    def resume(self, seconds: float, cpu_seconds: float) -> None:
+        """Continue from a checkpoint's clock."""
+        self.seconds, self.cpu_seconds = seconds, cpu_seconds
+
+    def update(self, local_seconds: float, local_cpu_seconds: float) -> None:
+        """Take this process's training (CPU) seconds; with a budget, every process takes the largest of each."""
+        if self.timed and self.accelerator.num_processes > 1:
+            both = torch.tensor([local_seconds, local_cpu_seconds], device=self.accelerator.device, dtype=torch.float64)
+            local_seconds, local_cpu_seconds = self.accelerator.reduce(both, reduction="max").tolist()
+        self.seconds, self.cpu_seconds = local_seconds, local_cpu_seconds
+
+    @property
+    def timed(self) -> bool:
+        """Whether a budget of either kind is set."""
+        return self.budget is not None or self.cpu_budget is not None
 
     @property
     def progress(self) -> float:
-        """The fraction of the budget spent, in [0, 1] (0 without a budget)."""
-        return 0.0 if self.budget is None else min(1.0, self.seconds / self.budget)
+        """The fraction of the budget spent (the larger of the two), in [0, 1] (0 without a budget)."""
+        fractions = [spent / budget for spent, budget in ((self.seconds, self.budget), (self.cpu_seconds, self.cpu_budget)) if budget]
+        return min(1.0, max(fractions, default=0.0))
 
     @property
     def exhausted(self) -> bool:
-        """Whether the time budget is spent."""
-        return self.budget is not None and self.seconds >= self.budget
+        """Whether a budget is spent."""
+        return self.timed and self.progress >= 1.0
+
+    def spent(self) -> str:
+        """Which budget ended the run, in words (for the stop reason)."""
+        if self.budget is not None and self.seconds >= self.budget:
+            return f"time budget spent: {self.seconds:.0f} s of training (max_train_seconds {self.budget:g})"
+        return f"CPU budget spent: {self.cpu_seconds:.0f} CPU seconds of training (max_train_cpu_seconds {self.cpu_budget:g})"
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, max_steps: int, clock: TrainingClock) -> LambdaLR:
-    """The config's schedule over `max_steps`, or, with `max_train_seconds`, over the training clock after the warm-up."""
-    if config.max_train_seconds is None:
+    """The config's schedule over `max_steps`, or, with a time or CPU budget, over the training clock after the warm-up."""
+    if not clock.timed:
         return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=max_steps)
     kind, warmup = config.lr_scheduler, config.warmup_steps
 

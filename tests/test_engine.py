@@ -367,7 +367,7 @@ def test_a_time_budget_stops_training_and_the_schedule_decays_over_it(tiny_idx, 
     import genkit.engine
 
     clock = {"now": 0.0}  # each step takes 0.1 s of the engine's clock, whatever the machine's load
-    monkeypatch.setattr(genkit.engine, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(genkit.engine, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"], process_time=lambda: clock["now"]))
     original = AutoencoderFamily.loss
 
     def slow_loss(self, part, batch):
