@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     p.add_argument("--dry-run", metavar="FOLDER", default=None, help="write the exact folder that would be uploaded, upload nothing")
+    p.add_argument("--allow-edited-code", action="store_true",
+                   help="publish pipeline.py even if it differs from what genkit wrote (it runs wherever the model loads with trust_remote_code)")
+    p.add_argument("--allow-hard-links", action="store_true", help="publish files that are hard links to files outside the run")
 
     p = sub.add_parser("space", help="write (and upload) a deployable Gradio Space that serves genkit models")
     p.add_argument("--repo-id", required=True, help="owner/name of the Space on the Hub")
@@ -340,11 +343,12 @@ def _analyze(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from .hub import prepare_upload, push_run
 
+    checks = {"allow_hard_links": args.allow_hard_links, "allow_edited_code": args.allow_edited_code}
     if args.dry_run:
-        files = prepare_upload(args.run, args.repo_id, args.dry_run)
+        files = prepare_upload(args.run, args.repo_id, args.dry_run, **checks)
         print(json.dumps({"dry_run": args.dry_run, "repo_id": args.repo_id, "private": args.private, "files": files}, indent=2))
         return 0
-    print(push_run(args.run, args.repo_id, private=args.private, token=args.token))
+    print(push_run(args.run, args.repo_id, private=args.private, token=args.token, **checks))
     return 0
 
 

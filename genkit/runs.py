@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -27,7 +28,7 @@ GENERATED = [*RUN_FILES, "run.json", HUB_RECORD, "checkpoints", "samples", "logs
 RUN_ID_FILE = "run.json"
 FINISHED_MARKER = "metrics.json"  # written last by a training: a run directory with a run id but without it has not finished
 EXPORT_TMP = ".tmp-export"  # what a kill during the export leaves (--overwrite removes it too)
-GENERATED += [EXPORT_TMP, f".tmp-{FINISHED_MARKER}"]
+GENERATED += [EXPORT_TMP, f".tmp-{FINISHED_MARKER}", f".tmp-{RUN_ID_FILE}"]
 HUB_MIXIN_CHATTER = "Loading weights from local directory\n"  # a bare print() in huggingface_hub's PyTorchModelHubMixin
 
 
@@ -102,12 +103,44 @@ def save_export(family: Family, run_dir: Path) -> None:
         shutil.rmtree(tmp)
     family.save(tmp)
     ckpt.usual_permissions(tmp)
+    code = {str(path.relative_to(tmp)): file_sha256(path) for path in sorted(tmp.rglob("*.py"))}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         target = run_dir / path.relative_to(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
     shutil.rmtree(tmp)
+    record_exported_code(run_dir, code)
     verify_weights(run_dir, family.name)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_exported_code(run_dir: Path, code: dict[str, str]) -> None:
+    """Note in run.json the SHA-256 of each code file the export wrote (pipeline.py): `genkit push` publishes them only unchanged."""
+    path = Path(run_dir) / RUN_ID_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record["code_sha256"] = code
+    tmp = path.with_name(f".tmp-{RUN_ID_FILE}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def exported_code(run_dir: Path) -> dict[str, str] | None:
+    """The code files (relative path -> SHA-256) genkit wrote with the run's export; None when it recorded none (older runs, Hub snapshots)."""
+    path = Path(run_dir) / RUN_ID_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    code = record.get("code_sha256") if isinstance(record, dict) else None
+    return code if isinstance(code, dict) else None
 
 
 def finish(run_dir: Path, metrics: dict) -> None:
