@@ -178,8 +178,15 @@ def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> No
                               f"unexpected {sorted(tensors.keys() - expected.keys())[:5]}, other shapes {wrong[:5]}")
 
 
-def resolve(source: str) -> Path:
-    """A local run directory, or the snapshot of a Hub repo id (trusted use: the CLI and a local app)."""
+def resolve(source: str, hub_only: bool = False) -> Path:
+    """A local run directory, or the snapshot of a Hub repo id (trusted use: the CLI and a local app); with `hub_only`,
+    a Hub id and never a local path (what a downloaded run names is not looked up on this machine)."""
+    from .safe_load import HUB_ID
+
+    if hub_only:
+        if not isinstance(source, str) or not HUB_ID.match(source):
+            raise ConfigError(f"{source!r} is not a Hub repo id (owner/name); a downloaded run may name models only by Hub id")
+        return _download(source)
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "training_config.json").is_file():
@@ -187,6 +194,11 @@ def resolve(source: str) -> Path:
         return path
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
         raise ConfigError(f"{source!r} is neither an existing run directory nor a Hub repo id (owner/name)")
+    return _download(source)
+
+
+def _download(source: str) -> Path:
+    """The snapshot of Hub repo `source`, as a ConfigError when it cannot be had."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -223,9 +235,9 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
     return cls(config, DataInfo.load(path), models)
 
 
-def load_family(source: str, device: str | torch.device = "cpu") -> Family:
-    """The trained family of a run directory or Hub repo id, models in eval mode on `device`."""
-    return load_run(resolve(source), device)
+def load_family(source: str, device: str | torch.device = "cpu", hub_only: bool = False) -> Family:
+    """The trained family of a run directory or Hub repo id (only a Hub id with `hub_only`), models in eval mode on `device`."""
+    return load_run(resolve(source, hub_only), device)
 
 
 @contextlib.contextmanager

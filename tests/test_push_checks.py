@@ -76,3 +76,46 @@ def test_push_refuses_an_edited_pipeline_unless_asked(conditional_run, tmp_path,
     (run / "pipeline.py").write_text(original + "\n# edited\n")
     assert main(["push", str(run), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "out4")]) == 2
     assert "genkit's own pipeline code" in capsys.readouterr().err
+
+
+def test_a_downloaded_latent_run_names_its_autoencoder_by_hub_id_only_and_a_mismatch_reads_plainly(tiny_idx, tmp_path, monkeypatch, capsys):
+    from genkit.runs import load_family
+
+    ae = tmp_path / "ae"
+    train(tiny_config(tiny_idx, ae, model={"hidden_dims": [32, 16]}, max_steps=2))
+    ldm = tmp_path / "ldm"
+    train(tiny_config(tiny_idx, ldm, family="diffusion", max_steps=2, num_samples=4, data={"value_range": "-1,1"},
+                      model={"preset": "tiny", "sample_steps": 2, "autoencoder": str(ae)}))
+    assert load_family(str(ldm)).autoencoder is not None
+
+    # a snapshot without autoencoder/ whose config names a folder that exists here: never loaded from this machine
+    snapshot = copy_run(ldm, tmp_path / "snapshot")
+    shutil.rmtree(snapshot / "autoencoder")
+    (snapshot / "run.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    for name in ["ae", "someone/ae"]:
+        if "/" in name:
+            shutil.copytree(ae, tmp_path / name)
+        config = json.loads((snapshot / "training_config.json").read_text())
+        config["model"]["autoencoder"] = name
+        (snapshot / "training_config.json").write_text(json.dumps(config))
+        assert main(["sample", str(snapshot), "--n", "2", "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert f"model.autoencoder={name!r}" in err and "Hub only" in err and len(err.strip().splitlines()) == 1, err
+        assert ("not a Hub repo id" if "/" not in name else "cannot download") in err, err
+        assert not (tmp_path / "x.png").exists()
+
+    # another autoencoder in place of the run's own: a sentence, not a shape error from inside the UNet
+    other = tmp_path / "other"
+    train(tiny_config(tiny_idx, other, model={"hidden_dims": [64, 32]}, max_steps=2))
+    swapped = copy_run(ldm, tmp_path / "swapped")
+    shutil.rmtree(swapped / "autoencoder")
+    shutil.copytree(other, swapped / "autoencoder", ignore=shutil.ignore_patterns("checkpoints", "samples", "*.png", "*.json", "logs"))
+    shutil.copyfile(other / "config.json", swapped / "autoencoder" / "config.json")
+    assert main(["sample", str(swapped), "--n", "2", "--out", str(tmp_path / "y.png")]) == 2
+    err = capsys.readouterr().err
+    assert "32-d codes" in err and "not the autoencoder this model was trained with" in err and len(err.strip().splitlines()) == 1, err
+    (swapped / "autoencoder" / "config.json").write_text(json.dumps({**json.loads((ae / "config.json").read_text())}))
+    assert main(["sample", str(swapped), "--n", "2", "--out", str(tmp_path / "y.png")]) == 2  # a config that does not fit its weights
+    err = capsys.readouterr().err
+    assert "does not load as a genkit autoencoder" in err and len(err.strip().splitlines()) == 1, err
