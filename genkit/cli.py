@@ -312,7 +312,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze_run
+    from .analysis import analyze_run, summary
     from .association import format_rules
     from .latents import has_encoder
     from .runs import resolve
@@ -330,8 +330,8 @@ def _analyze(args: argparse.Namespace) -> int:
     report = analyze_run(family, out, args.num_images, args.train_images, args.code_threshold, args.min_support, args.min_confidence,
                          args.max_units, args.max_items, args.top_rules, args.knn_k)
     (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    if "association" in report:  # after the JSON, for a reader at the terminal
+    print(summary(report, out / "analysis.json"))  # the full report is the file: ~200 lines of JSON help no one at a terminal
+    if "association" in report:
         rules = report["association"]
         print(f"\nstrongest rules units -> class ({rules['codes']}; {rules['rules']} rules in {rules['csv']}):")
         print(format_rules(rules["top_rules"]))

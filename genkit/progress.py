@@ -40,25 +40,48 @@ def stage(message: str, enabled: bool = True, done: str = "done") -> Iterator[No
         return
     say(f"{message} ...")
     started = time.perf_counter()
-    stop = threading.Event()
-    ticker = None
-    if interactive():
-        def tick() -> None:
-            while not stop.wait(TICK_SECONDS):
-                sys.stderr.write(f"\r  {message}: {time.perf_counter() - started:.0f} s\x1b[K")
-                sys.stderr.flush()
+    try:
+        with ticking(message):
+            yield
+    finally:
+        failed = sys.exc_info()[0] is not None
+        say(f"{message}: {'stopped' if failed else done} after {time.perf_counter() - started:.1f} s")
 
-        ticker = threading.Thread(target=tick, daemon=True)
-        ticker.start()
+
+_details: list[str] = []  # what `note` last said about the innermost ticking block
+
+
+@contextlib.contextmanager
+def ticking(message: str) -> Iterator[None]:
+    """While the block runs, redraw "message: 12 s (detail)" on a terminal every second (nothing elsewhere)."""
+    if not interactive():
+        yield
+        return
+    started, stop = time.perf_counter(), threading.Event()
+    _details.append("")
+
+    def tick() -> None:
+        while not stop.wait(TICK_SECONDS):
+            detail = f" ({_details[-1]})" if _details and _details[-1] else ""
+            sys.stderr.write(f"\r  {message}: {time.perf_counter() - started:.0f} s{detail}\x1b[K")
+            sys.stderr.flush()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
     try:
         yield
     finally:
         stop.set()
-        if ticker is not None:
-            ticker.join()
-            sys.stderr.write("\r\x1b[K")
-        failed = sys.exc_info()[0] is not None
-        say(f"{message}: {'stopped' if failed else done} after {time.perf_counter() - started:.1f} s")
+        ticker.join()
+        _details.pop()
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def note(detail: str) -> None:
+    """Show `detail` beside the elapsed time of the running `stage` or `ticking` block (e.g. "iteration 350 of 1000")."""
+    if _details:
+        _details[-1] = detail
 
 
 def bar(iterable: Iterable[T] | None = None, total: float | None = None, desc: str = "", unit: str = "it", enabled: bool = True,
