@@ -130,9 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="launch the Gradio app (sample, denoise, latents) on a run")
     p.add_argument("run", nargs="?", default=None, help="run directory or Hub repo id to load at start")
+    p.add_argument("--host", default=None,
+                   help="address to listen on (default: 127.0.0.1, or $GRADIO_SERVER_NAME); another than loopback, e.g. 0.0.0.0, "
+                        "lets other machines in and applies the Space's policy as --share does")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="a public gradio.live link; applies the Space's policy (the run, Hub ids of genkit models, budget)")
-    p.add_argument("--share-local-policy", action="store_true", help="with --share: keep local mode (any path or Hub id, no budget) on the public link")
+    p.add_argument("--share-local-policy", action="store_true",
+                   help="with --share or a non-loopback --host: keep local mode (any path or Hub id, no budget) for everyone who reaches the app")
     return parser
 
 
@@ -373,22 +377,40 @@ def _app(args: argparse.Namespace) -> int:
     spec = importlib.util.spec_from_file_location("genkit_space_app", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     policy, initial = None, args.run
-    if args.share and not args.share_local_policy:  # a public link gets what a public Space gets
+    public = args.share or not _loopback(args.host)
+    reach = "--share makes the app public" if args.share else f"--host {args.host} lets other machines reach the app"
+    if public and not args.share_local_policy:  # a public link gets what a public Space gets
         from .safe_load import SourcePolicy
 
         policy = SourcePolicy.from_env()  # GENKIT_MODELS and GENKIT_ALLOW_HUB apply too
         if args.run:  # listed under its folder name, so the page does not show the local path
             initial = Path(args.run).name if Path(args.run).is_dir() else args.run
             policy.models[initial] = args.run
-        print("genkit app: --share makes the app public, so it runs as a Space does: the run given, Hub ids of genkit models, and the "
+        print(f"genkit app: {reach}, so it runs as a Space does: the run given, Hub ids of genkit models, and the "
               "GENKIT_MAX_* budget (--share-local-policy keeps local mode)", file=sys.stderr)
-    elif args.share:
-        print("genkit app: WARNING: --share-local-policy: anyone with the link can load any path or Hub id on this machine, with no budget",
-              file=sys.stderr)
+    elif public:
+        print(f"genkit app: WARNING: --share-local-policy: {reach}; anyone who reaches it can load any path or Hub id on this machine, "
+              "with no budget", file=sys.stderr)
     demo = module.build_demo(initial, policy)
-    demo.launch(server_port=args.port, share=args.share)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
+
+
+def _loopback(host: str | None) -> bool:
+    """Whether `host` (None: gradio's default, $GRADIO_SERVER_NAME or 127.0.0.1) is reachable from this machine only."""
+    import ipaddress
+    import os
+
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 if __name__ == "__main__":

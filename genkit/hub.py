@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import sys
 import tempfile
@@ -216,7 +217,7 @@ def write_atomically(folder: str | Path, purpose: str, fill: Callable[[Path], An
     folder = Path(folder)
     require_empty(folder, purpose)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))  # same disk: the rename is atomic
+    staging = new_folder(folder.parent, f".{folder.name}.partial-")  # same disk: the rename is atomic
     try:
         result = fill(staging)
         if folder.exists():
@@ -230,6 +231,17 @@ def write_atomically(folder: str | Path, purpose: str, fill: Callable[[Path], An
         raise ConfigError(f"cannot write {folder}: {err.strerror or err}{f' ({name})' if name else ''}; nothing was written") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def new_folder(parent: Path, prefix: str) -> Path:
+    """A fresh, uniquely named folder in `parent` with the mode the umask gives (mkdtemp's is 0700, kept after the rename)."""
+    while True:
+        path = Path(parent) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path, card: bool = True, allow_hard_links: bool = False,
