@@ -204,6 +204,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     from .data import load_split, make_batch
     from .plots import save_grid
+    from .progress import stage
 
     family = _load_run(args)
     model = family.models.get("model")
@@ -212,7 +213,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     data_cfg = family.config.data
     data = load_split(data_cfg, args.split or data_cfg.eval_split or data_cfg.split).to(args.device)
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), stage(f"reconstructing {len(data):,} images"):
         for idx in torch.arange(len(data)).split(1000):
             batch = make_batch(data, idx, data_cfg, torch.Generator(args.device).manual_seed(0))
             recon = model.reconstruct(batch["input"]).float()
@@ -248,6 +249,7 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from .plots import save_grid
+    from .progress import stage
 
     if not 1 <= args.n <= MAX_GRID_IMAGES:
         raise ConfigError(f"--n must be between 1 and {MAX_GRID_IMAGES} (one grid image); `genkit eval --num-samples` scores larger sets")
@@ -255,7 +257,8 @@ def _sample(args: argparse.Namespace) -> int:
     family = _load_run(args)
     labels = family.class_labels(args.class_label, args.n)
     try:
-        images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **options)
+        with stage(f"generating {args.n} images"):
+            images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **options)
     except NotImplementedError as err:
         raise ConfigError(f"{err}: use `genkit reconstruct` for autoencoders") from None
     if not torch.isfinite(images).all():  # a NaN grid is a black square that looks like a result
