@@ -442,6 +442,8 @@ def test_a_budget_that_ends_a_busy_run_early_says_so_and_how_to_train_by_steps(t
     assert again["step"] == 6 and again["stop_reason"].startswith("time budget spent"), again
     assert "before this resume: nothing to train" in capsys.readouterr().err
     assert json.loads((run / "metrics.json").read_text())["final"]["stop_reason"].startswith("time budget spent")
+    more = train(tiny_config(tiny_idx, run, max_steps=1000, max_train_seconds=0.7, checkpoint_every=1000, eval_every=1000), resume="latest")
+    assert more["step"] > 6 and more["stop_reason"].startswith("time budget spent")  # a raised budget continues the run
 
 
 def test_a_budgeted_runs_bar_counts_seconds_of_its_budget_not_steps_of_its_epochs(tiny_idx, tmp_path, monkeypatch):
