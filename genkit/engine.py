@@ -6,7 +6,6 @@ import contextlib
 import errno
 import logging
 import math
-import os
 import shutil
 import signal
 import tempfile
@@ -21,17 +20,18 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import runs, train_eval
+from .clock import TrainingClock, advance, budget_report, training_bar
 from .config import ConfigError, TrainConfig
 from .data import ImageTensors, ShardedBatches, load_train_eval, make_batch
 from .families import DataInfo, Family, get_family
 from .families.base import unwrap
-from .optim import TrainingClock, apply_optimizer_settings, make_lr_scheduler, make_optimizer
+from .optim import apply_optimizer_settings, make_lr_scheduler, make_optimizer
 from .plots import save_grid, save_loss_curve
 from .progress import say, stage
+from .runs import RunDirError
 from .tracking import available_trackers, log_image, resolve_mixed_precision, tracker_init_kwargs
 
 logger = logging.getLogger(__name__)
@@ -50,15 +50,8 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_e
                      "max_train_seconds", "max_train_cpu_seconds"}
 
 
-LOCK_FILE = ".lock"  # flocked by the running trainer
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class RunDirError(ValueError):
-    """The output directory cannot be used as asked (it holds another run, or the resume does not match)."""
 
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False, lock: bool = True) -> dict[str, Any]:
@@ -67,7 +60,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     `lock=False` trains without the run directory's lock, for filesystems that have no file locks (some network mounts).
     """
     config.validate()  # a bad config creates no output directory
-    with run_lock(Path(config.output_dir), required=lock):  # one trainer per run directory
+    with runs.run_lock(Path(config.output_dir), required=lock):  # one trainer per run directory
         return _train(config, resume, overwrite)
 
 
@@ -158,7 +151,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
     # ---- the loop -----------------------------------------------------------------------------------------
     with interrupt_flag() as interrupted:  # Ctrl-C: finish the step, save a checkpoint, stop
         show = config.progress_bar and accelerator.is_local_main_process
-        progress = _training_bar(config, clock, max_steps, state["step"], show)
+        progress = training_bar(config, clock, max_steps, state["step"], show)
         running: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
         since_log = 0
         stop_reason = "max_steps"
@@ -193,7 +186,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
             clock.update(state["train_seconds"], state["train_cpu_seconds"])
             since_log += 1
             state["images_seen"] += config.batch_size * accum * accelerator.num_processes
-            _advance(progress, clock, step)
+            advance(progress, clock, step)
 
             at_log, at_eval, at_ckpt = step % config.log_every == 0, step % eval_every == 0, step % checkpoint_every == 0
             at_end = step == max_steps or clock.exhausted
@@ -344,50 +337,6 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict[str, An
                           "Free some space (or fix the permissions) and continue with --resume latest") from None
 
 
-def _training_bar(config: TrainConfig, clock: TrainingClock, max_steps: int, step: int, show: bool) -> tqdm:
-    """The training bar: steps out of max_steps, or, for a run with a budget, seconds out of it (its clock ends it first)."""
-    if not clock.timed:
-        return tqdm(total=max_steps, initial=step, disable=not show, desc=config.family)
-    wall = clock.budget is not None
-    budget, spent = (clock.budget, clock.seconds) if wall else (clock.cpu_budget, clock.cpu_seconds)
-    return tqdm(total=budget, initial=min(spent, budget), disable=not show, desc=f"{config.family} ({'' if wall else 'CPU '}s of budget)",
-                unit="s", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
-
-
-def _advance(bar: tqdm, clock: TrainingClock, step: int) -> None:
-    """One step on the training bar (the seconds spent of the budget, for a run that has one)."""
-    if not clock.timed:
-        bar.update(1)
-        return
-    spent = clock.seconds if clock.budget is not None else clock.cpu_seconds
-    bar.update(min(spent, bar.total) - bar.n)
-
-
-def budget_report(config: TrainConfig, clock: TrainingClock, step: int, max_steps: int, device: torch.device) -> dict[str, Any]:
-    """Where a budget left the run: steps reached, the share of the CPU it got, the load, and how to train by steps instead."""
-    threads = torch.get_num_threads()
-    share = clock.cpu_seconds / max(clock.seconds * threads, 1e-9)  # 1: every thread of the process ran all along
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    report = {"steps": step, "steps_of_epochs": max_steps, "cpu_share": round(share, 3), "threads": threads,
-              "load_average": None if load is None else round(load, 2), "cpus": os.cpu_count()}
-    text = f"{clock.spent()}: stopped at step {step:,} of the {max_steps:,} that max_steps / epochs ask for"
-    busy = device.type == "cpu" and clock.budget is not None and clock.seconds >= clock.budget and share < 0.5
-    if busy:  # a loaded machine: the same wall-clock budget buys a fraction of the steps an idle one gives
-        idle = int(round(step / max(share, 1e-3), -1))
-        report["steps_if_idle"] = idle
-        text += (f". The machine was busy (load average {load:.1f} on {os.cpu_count()} CPUs): this process got {share:.0%} of its {threads} "
-                 f"threads' time, so an idle machine would reach about {idle:,} steps in the same {clock.budget:g} s")
-        suggestion = idle
-    else:
-        suggestion = step
-        if load is not None:
-            text += f" (load average {load:.1f} on {os.cpu_count()} CPUs)"
-    text += (f". To train a fixed amount whatever the load: --set max_train_seconds=null max_steps={max(suggestion, 1)} "
-             f"(or max_train_cpu_seconds={(clock.budget or clock.cpu_budget) * (threads if clock.budget else 1):g}, a budget of CPU time)")
-    report["message"] = text
-    return report
-
-
 def freeze_all_but_last(model: nn.Module, n: int) -> list[str]:
     """Freeze every parameter except those of the last `n` layers (modules that own parameters); return their names."""
     layers = [(name, m) for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
@@ -436,46 +385,6 @@ def _check_writable(run_dir: Path) -> None:
             pass
     except OSError as err:
         raise RunDirError(f"cannot write into output_dir {run_dir}: {_os_reason(err)}") from None
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, required: bool = True) -> Iterator[None]:
-    """Hold an exclusive flock on RUN/.lock (the main process only) while the block runs; a second trainer is refused.
-
-    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind. Where the
-    filesystem has no locks, training is refused with the way out (`required=False`, `genkit train --no-lock`).
-    """
-    if not required:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # no flock on this platform: trainings are not locked
-        fcntl = None
-    handle = None
-    if fcntl is not None and os.environ.get("RANK", "0") == "0":  # one lock per run, not one per process
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(run_dir / LOCK_FILE, "a")
-        except OSError:  # an unwritable directory: _check_writable says why
-            handle = None
-    if handle is not None:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
-                              "wait for it to end, or train into another output_dir") from None
-        except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: a filesystem without file locks (NFS without lockd, some FUSE mounts)
-            handle.close()
-            raise RunDirError(f"cannot lock {run_dir / LOCK_FILE}: {err.strerror or err} (this filesystem has no file locks); "
-                              "train with --no-lock (train(..., lock=False)) if no other genkit train uses this output_dir, "
-                              "or train into an output_dir on a local disk") from None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.close()  # closing releases the lock
 
 
 def _os_reason(err: OSError) -> str:

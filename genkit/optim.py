@@ -12,11 +12,11 @@ import math
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from .clock import TrainingClock
 from .config import ConfigError, TrainConfig
 
 
@@ -30,48 +30,6 @@ def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) 
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     fused = config.fused_optimizer if config.fused_optimizer is not None else device.type == "cuda"
     return cls(params, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused or None)
-
-
-class TrainingClock:
-    """Training seconds and CPU seconds so far (steps only: evaluation, sampling and checkpoints do not count), agreed
-    across processes, against the optional budgets of each (`max_train_seconds`, `max_train_cpu_seconds`)."""
-
-    def __init__(self, accelerator: Accelerator, budget: float | None, cpu_budget: float | None = None):
-        self.accelerator, self.budget, self.cpu_budget = accelerator, budget, cpu_budget
-        self.seconds = self.cpu_seconds = 0.0
-
-    def resume(self, seconds: float, cpu_seconds: float) -> None:
-        """Continue from a checkpoint's clock."""
-        self.seconds, self.cpu_seconds = seconds, cpu_seconds
-
-    def update(self, local_seconds: float, local_cpu_seconds: float) -> None:
-        """Take this process's training (CPU) seconds; with a budget, every process takes the largest of each."""
-        if self.timed and self.accelerator.num_processes > 1:
-            both = torch.tensor([local_seconds, local_cpu_seconds], device=self.accelerator.device, dtype=torch.float64)
-            local_seconds, local_cpu_seconds = self.accelerator.reduce(both, reduction="max").tolist()
-        self.seconds, self.cpu_seconds = local_seconds, local_cpu_seconds
-
-    @property
-    def timed(self) -> bool:
-        """Whether a budget of either kind is set."""
-        return self.budget is not None or self.cpu_budget is not None
-
-    @property
-    def progress(self) -> float:
-        """The fraction of the budget spent (the larger of the two), in [0, 1] (0 without a budget)."""
-        fractions = [spent / budget for spent, budget in ((self.seconds, self.budget), (self.cpu_seconds, self.cpu_budget)) if budget]
-        return min(1.0, max(fractions, default=0.0))
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether a budget is spent."""
-        return self.timed and self.progress >= 1.0
-
-    def spent(self) -> str:
-        """Which budget ended the run, in words (for the stop reason)."""
-        if self.budget is not None and self.seconds >= self.budget:
-            return f"time budget spent: {self.seconds:.0f} s of training (max_train_seconds {self.budget:g})"
-        return f"CPU budget spent: {self.cpu_seconds:.0f} CPU seconds of training (max_train_cpu_seconds {self.cpu_budget:g})"
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, max_steps: int, clock: TrainingClock) -> LambdaLR:

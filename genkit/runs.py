@@ -26,6 +26,7 @@ LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_
 HUB_RECORD = "hub.json"  # written by `genkit push`: where the run was published (a fine-tune's card cites it as base_model)
 GENERATED = [*RUN_FILES, "run.json", HUB_RECORD, "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
+LOCK_FILE = ".lock"  # flocked by the running trainer
 FINISHED_MARKER = "metrics.json"  # written last by a training: a run directory with a run id but without it has not finished
 EXPORT_TMP = ".tmp-export"  # what a kill during the export leaves (--overwrite removes it too)
 GENERATED += [EXPORT_TMP, f".tmp-{FINISHED_MARKER}", f".tmp-{RUN_ID_FILE}"]
@@ -249,3 +250,47 @@ def quiet_loading() -> Iterator[None]:
             yield
     finally:
         sys.stdout.write(buffer.getvalue().replace(HUB_MIXIN_CHATTER, ""))
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used as asked (it holds another run, or the resume does not match)."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, required: bool = True) -> Iterator[None]:
+    """Hold an exclusive flock on RUN/.lock (the main process only) while the block runs; a second trainer is refused.
+
+    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind. Where the
+    filesystem has no locks, training is refused with the way out (`required=False`, `genkit train --no-lock`).
+    """
+    if not required:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: trainings are not locked
+        fcntl = None
+    handle = None
+    if fcntl is not None and os.environ.get("RANK", "0") == "0":  # one lock per run, not one per process
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(run_dir / LOCK_FILE, "a")
+        except OSError:  # an unwritable directory: _check_writable says why
+            handle = None
+    if handle is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
+                              "wait for it to end, or train into another output_dir") from None
+        except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: a filesystem without file locks (NFS without lockd, some FUSE mounts)
+            handle.close()
+            raise RunDirError(f"cannot lock {run_dir / LOCK_FILE}: {err.strerror or err} (this filesystem has no file locks); "
+                              "train with --no-lock (train(..., lock=False)) if no other genkit train uses this output_dir, "
+                              "or train into an output_dir on a local disk") from None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the lock

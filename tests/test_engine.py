@@ -342,7 +342,7 @@ def test_a_second_trainer_on_the_same_run_is_refused_and_a_killed_ones_lock_is_g
     import sys
 
     from genkit.cli import main
-    from genkit.engine import LOCK_FILE
+    from genkit.runs import LOCK_FILE
 
     run = tmp_path / "run"
     run.mkdir()
@@ -447,23 +447,22 @@ def test_a_budget_that_ends_a_busy_run_early_says_so_and_how_to_train_by_steps(t
 
 
 def test_a_budgeted_runs_bar_counts_seconds_of_its_budget_not_steps_of_its_epochs(tiny_idx, tmp_path, monkeypatch):
-    from genkit.engine import _advance, _training_bar
-    from genkit.optim import TrainingClock
+    from genkit.clock import TrainingClock, advance, training_bar
 
     class Single:
         num_processes = 1
 
     clock = TrainingClock(Single(), 300.0)
     config = tiny_config(tiny_idx, tmp_path / "run", max_train_seconds=300)
-    bar = _training_bar(config, clock, 93_700, 0, show=True)
+    bar = training_bar(config, clock, 93_700, 0, show=True)
     assert bar.total == 300
     clock.update(120.0, 200.0)
-    _advance(bar, clock, 40)
+    advance(bar, clock, 40)
     assert bar.n == pytest.approx(120.0) and "120/300 s" in str(bar), str(bar)
     clock.update(400.0, 700.0)
-    _advance(bar, clock, 90)
+    advance(bar, clock, 90)
     assert bar.n == pytest.approx(300.0)
     bar.close()
-    steps = _training_bar(config, TrainingClock(Single(), None), 93_700, 5, show=True)
+    steps = training_bar(config, TrainingClock(Single(), None), 93_700, 5, show=True)
     assert steps.total == 93_700 and steps.n == 5
     steps.close()
