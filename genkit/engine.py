@@ -200,7 +200,8 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                 progress.set_postfix({**({"step": step} if clock.timed else {}), **{k: f"{v:.4g}" for k, v in row.items() if "loss" in k}})
                 running, since_log = {}, 0
             judged: dict[str, float] = {}  # this step's evaluation figures: early stopping and the best checkpoint read them
-            if at_end:  # the bar stands still from here on: say what takes the time
+            if at_end:  # the bar stands still from here on: close it and say what takes the time
+                progress.close()
                 say(f"training ended at step {step}; final evaluation, samples, checkpoint and export follow", show)
             if at_eval or at_end:
                 with ema_weights(ema, family), stage(f"evaluating on the whole {'evaluation split' if at_end else 'evaluation batches'}",
