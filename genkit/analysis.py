@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from .config import ConfigError
+from .progress import ticking
 
 
 class Stages:
@@ -33,7 +34,7 @@ class Stages:
         self.done += 1
         print(f"analyze [{self.done}/{self.total}] {name} ...", file=self.stream, flush=True)
         started = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, ticking(f"analyze [{self.done}/{self.total}] {name}"):
             warnings.simplefilter("always", ConvergenceWarning)
             yield
         for warning in caught:
@@ -78,7 +79,7 @@ def analyze_run(family, out: Path, num_images: int = 5000, train_images: int = 1
     names, k = family.info.class_names, family.info.num_classes
     codes_from = binary_code_source(family)
     linear = bool(getattr(model, "latent_dim", None) and family.config.model.get("linear"))
-    stage = Stages(9 + bool(codes_from) + linear, stream)
+    stage = Stages(10 + bool(codes_from) + linear, stream)
     out.mkdir(parents=True, exist_ok=True)
 
     with stage(f"encoding {num_images} evaluation and {train_images} training images"):
@@ -109,8 +110,10 @@ def analyze_run(family, out: Path, num_images: int = 5000, train_images: int = 1
             threshold = default_code_threshold(family, latents) if code_threshold is None else code_threshold
             report["association"] = _association(latents, labels, names, codes_from, threshold, min_support, min_confidence, max_units,
                                                  max_items, top_rules, out)
+    with stage(f"t-SNE of {min(len(latents), lat.EMBEDDING_POINTS):,} latents"):
+        embedding = lat.tsne(latents)
     with stage("PCA / ICA / t-SNE plot"):
-        report["plot"] = str(lat.plot_embeddings(latents, labels, names, out / "latents.png", ica=ica))
+        report["plot"] = str(lat.plot_embeddings(latents, labels, names, out / "latents.png", ica=ica, embedding=embedding))
     with stage("SOM plot"):
         report["som_plot"] = str(lat.plot_som(som, som_points, som_labels, names, out / "som.png"))
     if linear:
@@ -120,6 +123,32 @@ def analyze_run(family, out: Path, num_images: int = 5000, train_images: int = 1
             report["linear_ae_vs_pca"] = {"max_principal_angle_deg": float(angles.max()), "mean_principal_angle_deg": float(angles.mean())}
     report["notes"], report["seconds"] = stage.notes, stage.seconds
     return report
+
+
+def summary(report: dict[str, Any], path: Path) -> str:
+    """A few lines for the terminal: the headline figure of each analysis, and where the full report is."""
+    def scores(result: dict[str, dict[str, float]]) -> str:
+        return ", ".join(f"{name} {v['ari']:.3f} / {v['nmi']:.3f}" for name, v in result.items())
+
+    lines = [f"{report['images']:,} evaluation images, {report['latent_dim']}-d latents; full report: {path}",
+             f"clustering ARI / NMI against the labels: {scores(report['clustering'])}",
+             f"  on {report['ica_components']} principal components: {scores(report['pca_clustering'])}; "
+             f"on as many ICA sources: {scores(report['ica_clustering'])}",
+             f"self-organising map: ARI {report['som']['ari']:.3f}, unit purity {report['som']['unit_purity']:.3f}, "
+             f"topographic error {report['som']['topographic_error']:.3f}",
+             f"k-NN probe: accuracy {report['knn_probe']['accuracy']:.3f} (k={report['knn_probe']['k']}, "
+             f"{report['knn_probe']['train_images']:,} training images)"]
+    anomaly = report["knn_anomaly"]
+    line = f"k-NN anomaly score: mean distance {anomaly['mean_distance']:.3f}"
+    if "auroc_knn_distance" in anomaly:
+        line += f"; AUROC on the unseen classes {anomaly['unseen_classes']}: {anomaly['auroc_knn_distance']:.3f}"
+        if "auroc_reconstruction_error" in anomaly:
+            line += f" (reconstruction error: {anomaly['auroc_reconstruction_error']:.3f})"
+    lines.append(f"{line}; per image: {anomaly['scores_csv']}")
+    if "linear_ae_vs_pca" in report:
+        lines.append(f"linear autoencoder vs PCA: largest principal angle {report['linear_ae_vs_pca']['max_principal_angle_deg']:.1f} deg")
+    lines.append(f"plots: {', '.join(report[key] for key in ('plot', 'som_plot') if report.get(key))}")
+    return "\n".join(lines)
 
 
 def _anomaly(family, test, latents, labels, train_latents, train_labels, k, out: Path) -> dict[str, Any]:

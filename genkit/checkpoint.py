@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def resolve_resume(run_dir: str | Path, resume: str) -> Path:
-    """`latest` -> the newest complete checkpoint; otherwise a checkpoint path that must be complete. Either must load."""
+def resolve_resume(run_dir: str | Path, resume: str, run_id: str | None = None) -> Path:
+    """`latest` -> the newest complete checkpoint; otherwise a checkpoint path that must be complete. Either must belong to
+    the run `run_id` (read from JSON alone) before any of its files is opened, and then load."""
     if resume != "latest":
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
             raise CheckpointError(f"--resume {resume}: not a complete genkit checkpoint (no {STATE_FILE})")
+        check_belongs(path, run_id)
         damage = damaged_file(path)
         if damage:
             raise CheckpointError(f"--resume {resume}: the checkpoint is damaged: {damage}; resume from another one")
@@ -45,6 +48,8 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path:
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"--resume latest: no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
+    for path in found:  # every one: the advice below may name an older one
+        check_belongs(path, run_id)
     damage = damaged_file(found[-1])
     if damage:  # refused rather than skipped: resuming an older step silently would redo (and hide) lost training
         intact = next((p for p in reversed(found[:-1]) if damaged_file(p) is None), None)
@@ -62,8 +67,8 @@ def damaged_file(checkpoint: Path) -> str | None:
                 check_safetensors(path)
             elif path.name.startswith("random_states"):
                 check_rng_state(path)
-            elif path.suffix in (".bin", ".pkl"):
-                _torch_load(path, weights_only=not path.name.startswith("custom_checkpoint"))  # as accelerate loads them
+            elif path.suffix in (".bin", ".pkl", ".pt"):  # torch's restricted unpickler: tensors and plain data, no code runs
+                _torch_load(path, weights_only=True)
             elif path.suffix == ".json":
                 json.loads(path.read_text())
         except pickle.UnpicklingError:
@@ -125,11 +130,16 @@ def usual_permissions(root: Path) -> None:
             path.chmod(0o666 & ~mask)
 
 
-def check_belongs(checkpoint: Path, state: dict[str, Any], run_id: str | None) -> None:
-    """Refuse a checkpoint written by another run than the one in the output directory."""
-    if run_id is not None and state.get("run_id") != run_id:
+def check_belongs(checkpoint: Path, run_id: str | None) -> None:
+    """Refuse a checkpoint written by another run than the one in the output directory (its trainer_state.json says whose)."""
+    try:
+        state = read_state(checkpoint)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{checkpoint}: {STATE_FILE} is unreadable ({err}); resume from another checkpoint") from None
+    owner = state.get("run_id") if isinstance(state, dict) else None
+    if run_id is not None and owner != run_id:
         raise CheckpointError(f"{checkpoint} belongs to another run than the one in this output directory "
-                              f"(run id {state.get('run_id')} vs {run_id}); resume from one of this run's checkpoints")
+                              f"(run id {owner} vs {run_id}); resume from one of this run's checkpoints. Nothing in it was loaded")
 
 
 def temp_dir(run_dir: str | Path, step: int) -> Path:
@@ -162,3 +172,64 @@ def finalize(tmp: Path, run_dir: str | Path, step: int, state: dict[str, Any], k
 def read_state(checkpoint: Path) -> dict[str, Any]:
     """The trainer state saved with a checkpoint."""
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+# ---- genkit's own training state: the EMA weights and the lr schedules, in formats that run no code when read ----
+
+EMA_FILE = "ema.safetensors"
+SCHEDULES_FILE = "lr_schedules.json"
+LEGACY_STATE = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # what accelerate's register_for_checkpointing wrote (older genkit)
+
+
+def save_training_state(folder: Path, ema: Any, schedulers: dict[str, Any]) -> None:
+    """Write the EMA weights (safetensors, its settings as metadata) and the schedules' states (JSON) into `folder`."""
+    from safetensors.torch import save_file
+
+    if ema is not None:
+        settings = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+        tensors = {f"shadow.{i:05d}": p.detach().to("cpu").contiguous() for i, p in enumerate(ema.shadow_params)}
+        save_file(tensors, str(Path(folder) / EMA_FILE), metadata={"genkit_ema": json.dumps(settings)})
+    states = {part: scheduler.state_dict() for part, scheduler in schedulers.items()}
+    (Path(folder) / SCHEDULES_FILE).write_text(json.dumps(states, indent=1) + "\n")
+
+
+def load_training_state(accelerator: Any, checkpoint: Path, ema: Any, schedulers: dict[str, Any]) -> None:
+    """Restore what `save_training_state` and accelerate's save_state wrote (models, optimizers, RNG) from `checkpoint`.
+
+    A checkpoint of an older genkit holds the EMA and schedules as accelerate's custom_checkpoint_*.pkl, which accelerate
+    reads with the full unpickler: they are read here with torch's restricted one, and accelerate sees the rest.
+    """
+    checkpoint = Path(checkpoint)
+    legacy = sorted((p for p in checkpoint.iterdir() if LEGACY_STATE.match(p.name)), key=lambda p: int(re.findall(r"\d+", p.name)[0]))
+    if legacy:
+        expected = [ema] if ema is not None else []
+        expected += list(schedulers.values())
+        if len(legacy) != len(expected):
+            raise CheckpointError(f"{checkpoint} holds {len(legacy)} training-state files for {len(expected)} objects "
+                                  "(EMA and schedules): the config's ema_decay differs from the run's")
+        for obj, path in zip(expected, legacy):
+            obj.load_state_dict(_torch_load(path, weights_only=True))
+        with tempfile.TemporaryDirectory() as view:  # the checkpoint without those files, for accelerate
+            for path in checkpoint.iterdir():
+                if not LEGACY_STATE.match(path.name):
+                    os.symlink(path.resolve(), Path(view) / path.name)
+            accelerator.load_state(view)
+        return
+    accelerator.load_state(str(checkpoint))
+    if (ema is not None) != (checkpoint / EMA_FILE).is_file():
+        raise CheckpointError(f"{checkpoint} was saved {'without' if ema is not None else 'with'} EMA weights: the config's ema_decay differs from the run's")
+    if ema is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint / EMA_FILE), "pt") as f:
+            settings = json.loads((f.metadata() or {}).get("genkit_ema", "{}"))
+            shadow = [f.get_tensor(key) for key in sorted(f.keys())]
+        if len(shadow) != len(ema.shadow_params) or any(a.shape != b.shape for a, b in zip(shadow, ema.shadow_params)):
+            raise CheckpointError(f"{checkpoint / EMA_FILE} does not match the model's parameters")
+        device = ema.shadow_params[0].device if ema.shadow_params else "cpu"
+        ema.load_state_dict({**settings, "shadow_params": [t.to(device) for t in shadow]})
+    states = json.loads((checkpoint / SCHEDULES_FILE).read_text())
+    if set(states) != set(schedulers):
+        raise CheckpointError(f"{checkpoint / SCHEDULES_FILE} holds the schedules of {sorted(states)}, this run has {sorted(schedulers)}")
+    for part, scheduler in schedulers.items():
+        scheduler.load_state_dict(states[part])

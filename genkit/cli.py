@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (overrides output_dir)")
     p.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
     p.add_argument("--overwrite", action="store_true", help="train into an output_dir that already holds a run")
+    p.add_argument("--no-lock", action="store_true",
+                   help="do not lock the output_dir (for filesystems without file locks); make sure no other genkit train uses it")
 
     p = sub.add_parser("reconstruct", help="reconstruct test images with a trained autoencoder; print the test MSE")
     p.add_argument("run", help="run directory or Hub repo id")
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     p.add_argument("--dry-run", metavar="FOLDER", default=None, help="write the exact folder that would be uploaded, upload nothing")
+    p.add_argument("--allow-edited-code", action="store_true",
+                   help="publish pipeline.py even if it differs from what genkit wrote (it runs wherever the model loads with trust_remote_code)")
+    p.add_argument("--allow-hard-links", action="store_true", help="publish files that are hard links to files outside the run")
 
     p = sub.add_parser("space", help="write (and upload) a deployable Gradio Space that serves genkit models")
     p.add_argument("--repo-id", required=True, help="owner/name of the Space on the Hub")
@@ -125,9 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="launch the Gradio app (sample, denoise, latents) on a run")
     p.add_argument("run", nargs="?", default=None, help="run directory or Hub repo id to load at start")
+    p.add_argument("--host", default=None,
+                   help="address to listen on (default: 127.0.0.1, or $GRADIO_SERVER_NAME); another than loopback, e.g. 0.0.0.0, "
+                        "lets other machines in and applies the Space's policy as --share does")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="a public gradio.live link; applies the Space's policy (the run, Hub ids of genkit models, budget)")
-    p.add_argument("--share-local-policy", action="store_true", help="with --share: keep local mode (any path or Hub id, no budget) on the public link")
+    p.add_argument("--share-local-policy", action="store_true",
+                   help="with --share or a non-loopback --host: keep local mode (any path or Hub id, no budget) for everyone who reaches the app")
     return parser
 
 
@@ -177,7 +186,7 @@ def _train(args: argparse.Namespace) -> int:
         config.output_dir = args.output_dir
     from .engine import train
 
-    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, lock=not args.no_lock)
     print(json.dumps(summary, indent=2))
     run = Path(config.output_dir)
     if summary["stop_reason"] == "interrupted":
@@ -195,6 +204,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     from .data import load_split, make_batch
     from .plots import save_grid
+    from .progress import stage
 
     family = _load_run(args)
     model = family.models.get("model")
@@ -203,7 +213,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     data_cfg = family.config.data
     data = load_split(data_cfg, args.split or data_cfg.eval_split or data_cfg.split).to(args.device)
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), stage(f"reconstructing {len(data):,} images"):
         for idx in torch.arange(len(data)).split(1000):
             batch = make_batch(data, idx, data_cfg, torch.Generator(args.device).manual_seed(0))
             recon = model.reconstruct(batch["input"]).float()
@@ -239,6 +249,7 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from .plots import save_grid
+    from .progress import stage
 
     if not 1 <= args.n <= MAX_GRID_IMAGES:
         raise ConfigError(f"--n must be between 1 and {MAX_GRID_IMAGES} (one grid image); `genkit eval --num-samples` scores larger sets")
@@ -246,7 +257,8 @@ def _sample(args: argparse.Namespace) -> int:
     family = _load_run(args)
     labels = family.class_labels(args.class_label, args.n)
     try:
-        images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **options)
+        with stage(f"generating {args.n} images"):
+            images = family.generate(args.n, torch.Generator().manual_seed(args.seed), labels, **options)
     except NotImplementedError as err:
         raise ConfigError(f"{err}: use `genkit reconstruct` for autoencoders") from None
     if not torch.isfinite(images).all():  # a NaN grid is a black square that looks like a result
@@ -307,7 +319,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze_run
+    from .analysis import analyze_run, summary
     from .association import format_rules
     from .latents import has_encoder
     from .runs import resolve
@@ -325,8 +337,8 @@ def _analyze(args: argparse.Namespace) -> int:
     report = analyze_run(family, out, args.num_images, args.train_images, args.code_threshold, args.min_support, args.min_confidence,
                          args.max_units, args.max_items, args.top_rules, args.knn_k)
     (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    if "association" in report:  # after the JSON, for a reader at the terminal
+    print(summary(report, out / "analysis.json"))  # the full report is the file: ~200 lines of JSON help no one at a terminal
+    if "association" in report:
         rules = report["association"]
         print(f"\nstrongest rules units -> class ({rules['codes']}; {rules['rules']} rules in {rules['csv']}):")
         print(format_rules(rules["top_rules"]))
@@ -338,11 +350,12 @@ def _analyze(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from .hub import prepare_upload, push_run
 
+    checks = {"allow_hard_links": args.allow_hard_links, "allow_edited_code": args.allow_edited_code}
     if args.dry_run:
-        files = prepare_upload(args.run, args.repo_id, args.dry_run)
+        files = prepare_upload(args.run, args.repo_id, args.dry_run, **checks)
         print(json.dumps({"dry_run": args.dry_run, "repo_id": args.repo_id, "private": args.private, "files": files}, indent=2))
         return 0
-    print(push_run(args.run, args.repo_id, private=args.private, token=args.token))
+    print(push_run(args.run, args.repo_id, private=args.private, token=args.token, **checks))
     return 0
 
 
@@ -367,22 +380,40 @@ def _app(args: argparse.Namespace) -> int:
     spec = importlib.util.spec_from_file_location("genkit_space_app", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     policy, initial = None, args.run
-    if args.share and not args.share_local_policy:  # a public link gets what a public Space gets
+    public = args.share or not _loopback(args.host)
+    reach = "--share makes the app public" if args.share else f"--host {args.host} lets other machines reach the app"
+    if public and not args.share_local_policy:  # a public link gets what a public Space gets
         from .safe_load import SourcePolicy
 
         policy = SourcePolicy.from_env()  # GENKIT_MODELS and GENKIT_ALLOW_HUB apply too
         if args.run:  # listed under its folder name, so the page does not show the local path
             initial = Path(args.run).name if Path(args.run).is_dir() else args.run
             policy.models[initial] = args.run
-        print("genkit app: --share makes the app public, so it runs as a Space does: the run given, Hub ids of genkit models, and the "
+        print(f"genkit app: {reach}, so it runs as a Space does: the run given, Hub ids of genkit models, and the "
               "GENKIT_MAX_* budget (--share-local-policy keeps local mode)", file=sys.stderr)
-    elif args.share:
-        print("genkit app: WARNING: --share-local-policy: anyone with the link can load any path or Hub id on this machine, with no budget",
-              file=sys.stderr)
+    elif public:
+        print(f"genkit app: WARNING: --share-local-policy: {reach}; anyone who reaches it can load any path or Hub id on this machine, "
+              "with no budget", file=sys.stderr)
     demo = module.build_demo(initial, policy)
-    demo.launch(server_port=args.port, share=args.share)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
+
+
+def _loopback(host: str | None) -> bool:
+    """Whether `host` (None: gradio's default, $GRADIO_SERVER_NAME or 127.0.0.1) is reachable from this machine only."""
+    import ipaddress
+    import os
+
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ class TrainConfig:
     # stop after this many seconds of training steps (evaluation, samples and checkpoints not counted), or at max_steps /
     # epochs if sooner; the lr schedule's decay then runs over the time budget instead of the steps
     max_train_seconds: float | None = None
+    # the same on the process's CPU time (time.process_time: all its threads): a budget a busy machine does not shrink
+    max_train_cpu_seconds: float | None = None
     optimizer: str = "adam"  # adam | adamw | sgd
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
@@ -190,8 +192,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null), got {value}")
-        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
-            raise ConfigError(f"max_train_seconds must be > 0 (or null), got {self.max_train_seconds}")
+        for name in ["max_train_seconds", "max_train_cpu_seconds"]:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 (or null), got {getattr(self, name)}")
         if self.max_steps is None and self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
         if not self.learning_rate > 0:

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import logging
 import math
-import os
 import shutil
 import signal
 import tempfile
@@ -21,16 +20,18 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import runs, train_eval
+from .clock import TrainingClock, advance, budget_report, training_bar
 from .config import ConfigError, TrainConfig
 from .data import ImageTensors, ShardedBatches, load_train_eval, make_batch
 from .families import DataInfo, Family, get_family
 from .families.base import unwrap
-from .optim import TrainingClock, apply_optimizer_settings, make_lr_scheduler, make_optimizer
+from .optim import apply_optimizer_settings, make_lr_scheduler, make_optimizer
 from .plots import save_grid, save_loss_curve
+from .progress import say, stage
+from .runs import RunDirError
 from .tracking import available_trackers, log_image, resolve_mixed_precision, tracker_init_kwargs
 
 logger = logging.getLogger(__name__)
@@ -44,24 +45,22 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "progress_bar", "log_every", "eval_e
                      "compile", "channels_last", "allow_tf32", "fused_optimizer", "data.storage", "data.decode_workers",
                      # training-time evaluation: when and how much to evaluate, which checkpoint to keep and export
                      "early_stopping_metric", "early_stopping_mode", "eval_generation_every", "eval_generation_samples", "save_best",
-                     "save_best_mode", "export_best"}
-
-
-LOCK_FILE = ".lock"  # flocked by the running trainer
+                     "save_best_mode", "export_best",
+                     # the budgets: a run stopped by its clock continues when its budget is raised
+                     "max_train_seconds", "max_train_cpu_seconds"}
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-class RunDirError(ValueError):
-    """The output directory cannot be used as asked (it holds another run, or the resume does not match)."""
+def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False, lock: bool = True) -> dict[str, Any]:
+    """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`.
 
-
-def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Train `config.family` on `config.data`; write the model, metrics, plots and checkpoints into `config.output_dir`."""
+    `lock=False` trains without the run directory's lock, for filesystems that have no file locks (some network mounts).
+    """
     config.validate()  # a bad config creates no output directory
-    with run_lock(Path(config.output_dir)):  # one trainer per run directory
+    with runs.run_lock(Path(config.output_dir), required=lock):  # one trainer per run directory
         return _train(config, resume, overwrite)
 
 
@@ -109,7 +108,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
             for part in family.parts:
                 freeze_all_but_last(family.models[part], config.trainable_layers)
     optimizers = {part: make_optimizer(config, family.models[part], accelerator.device) for part in family.parts}
-    clock = TrainingClock(accelerator, config.max_train_seconds)  # a time budget's schedule runs on it
+    clock = TrainingClock(accelerator, config.max_train_seconds, config.max_train_cpu_seconds)  # a budget's schedule runs on it
     schedulers = {part: make_lr_scheduler(config, opt, max_steps, clock) for part, opt in optimizers.items()}
     for part in family.parts:
         if config.channels_last:
@@ -121,18 +120,17 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
     if config.ema_decay:
         ema = EMAModel(unwrap(family.models[family.ema_part]).parameters(), decay=config.ema_decay)
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    for scheduler in schedulers.values():  # stepped by us once per optimizer step, so not `prepare`d
-        accelerator.register_for_checkpointing(scheduler)
+    # the EMA and the schedules (stepped by us, not `prepare`d) are saved by genkit in safetensors / JSON, not pickled by accelerate
 
     # ---- resume -----------------------------------------------------------------------------------------
-    state = {"step": 0, "history": [], "best": None, "evals_without_improvement": 0, "images_seen": 0, "train_seconds": 0.0}
+    state = {"step": 0, "history": [], "best": None, "evals_without_improvement": 0, "images_seen": 0, "train_seconds": 0.0,
+             "train_cpu_seconds": 0.0}
     if resume:
-        path = ckpt.resolve_resume(run_dir, resume)
+        path = ckpt.resolve_resume(run_dir, resume, runs.run_id(run_dir))  # whose it is (JSON) before anything is loaded
         state = ckpt.read_state(path)
-        ckpt.check_belongs(path, state, runs.run_id(run_dir))
-        accelerator.load_state(str(path))
-        clock.seconds = state["train_seconds"]
+        ckpt.load_training_state(accelerator, path, ema, schedulers)
+        state.setdefault("train_cpu_seconds", 0.0)  # checkpoints of an older genkit
+        clock.resume(state["train_seconds"], state["train_cpu_seconds"])
         apply_optimizer_settings(config, optimizers, schedulers)
         accelerator.print(f"resumed from {path} at step {state['step']}")
     if accelerator.is_main_process:  # run_dir exists: _check_writable made it
@@ -153,14 +151,14 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
     # ---- the loop -----------------------------------------------------------------------------------------
     with interrupt_flag() as interrupted:  # Ctrl-C: finish the step, save a checkpoint, stop
         show = config.progress_bar and accelerator.is_local_main_process
-        progress = tqdm(total=max_steps, initial=state["step"], disable=not show, desc=f"{config.family}")
+        progress = training_bar(config, clock, max_steps, state["step"], show)
         running: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
         since_log = 0
         stop_reason = "max_steps"
         for model in family.models.values():
             model.train()
         while state["step"] < max_steps and not clock.exhausted:
-            step, step_started = state["step"], time.perf_counter()
+            step, step_started, cpu_started = state["step"], time.perf_counter(), time.process_time()
             for part in family.parts:
                 model, optimizer = family.models[part], optimizers[part]
                 optimizer.zero_grad(set_to_none=True)  # also clears what another part's loss left here (GAN: D during the G step)
@@ -184,10 +182,11 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                 ema.step(unwrap(family.models[family.ema_part]).parameters())
             state["step"] = step = step + 1
             state["train_seconds"] += time.perf_counter() - step_started
-            clock.update(state["train_seconds"])
+            state["train_cpu_seconds"] += time.process_time() - cpu_started
+            clock.update(state["train_seconds"], state["train_cpu_seconds"])
             since_log += 1
             state["images_seen"] += config.batch_size * accum * accelerator.num_processes
-            progress.update(1)
+            advance(progress, clock, step)
 
             at_log, at_eval, at_ckpt = step % config.log_every == 0, step % eval_every == 0, step % checkpoint_every == 0
             at_end = step == max_steps or clock.exhausted
@@ -198,14 +197,19 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                 row.update(step=step, lr=schedulers[family.parts[0]].get_last_lr()[0])
                 state["history"].append(row)
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-                progress.set_postfix({k: f"{v:.4g}" for k, v in row.items() if "loss" in k})
+                progress.set_postfix({**({"step": step} if clock.timed else {}), **{k: f"{v:.4g}" for k, v in row.items() if "loss" in k}})
                 running, since_log = {}, 0
             judged: dict[str, float] = {}  # this step's evaluation figures: early stopping and the best checkpoint read them
+            if at_end:  # the bar stands still from here on: close it and say what takes the time
+                progress.close()
+                say(f"training ended at step {step}; final evaluation, samples, checkpoint and export follow", show)
             if at_eval or at_end:
-                with ema_weights(ema, family):
+                with ema_weights(ema, family), stage(f"evaluating on the whole {'evaluation split' if at_end else 'evaluation batches'}",
+                                                     show and at_end):
                     # the last evaluation covers the whole evaluation split: the final figures are test-set figures
                     metrics = evaluate(family, _eval_batches(eval_data, config, accelerator.device, whole=True) if at_end else eval_batches)
                     if accelerator.is_main_process and (step % sample_every == 0 or at_end):
+                        say(f"sampling {config.num_samples} images for samples.png", show and at_end)
                         sample_generator.manual_seed(config.seed)
                         images, nrow = family.sample_grid(eval_batches[0], sample_generator)
                         save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow)
@@ -215,7 +219,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                 accelerator.log(metrics, step=step)
                 judged.update(metrics)
             if train_eval.due(config, step, at_end):
-                with ema_weights(ema, family):
+                with ema_weights(ema, family), stage(f"generation metrics (FID & co) of {config.eval_generation_samples} samples", show):
                     generated = train_eval.generation_metrics(family, config, accelerator)
                 state["history"].append({"step": step, **generated})
                 accelerator.log(generated, step=step)
@@ -226,31 +230,39 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
             if not at_end and _agree(accelerator, interrupted.is_set()):
                 stop_reason = "interrupted"
             if clock.exhausted and step < max_steps:
-                stop_reason = f"time budget spent: {clock.seconds:.0f} s of training (max_train_seconds {config.max_train_seconds:g})"
+                stop_reason = clock.spent()
             if at_ckpt or at_end or new_best or stop_reason != "max_steps":
-                save_checkpoint(accelerator, run_dir, state, config.keep_last)
+                save_checkpoint(accelerator, run_dir, state, config.keep_last, ema, schedulers)
             if stop_reason != "max_steps":
                 accelerator.print(stop_reason)
                 break
         progress.close()
+        if stop_reason == "max_steps" and clock.exhausted and state["step"] < max_steps:  # resumed with the budget already spent
+            stop_reason = clock.spent()
+            say(f"{stop_reason} before this resume: nothing to train (raise the budget with --set, it may change on resume); exporting "
+                f"step {state['step']}", accelerator.is_local_main_process)
     if stop_reason == "interrupted":  # a checkpoint, no export: the run is resumed, not finished
         accelerator.end_training()
         return {"step": state["step"], "stop_reason": stop_reason, "checkpoint": str(ckpt.checkpoint_dir(run_dir, state["step"]))}
 
     # ---- export -------------------------------------------------------------------------------------------
     summary = {"step": state["step"], "stop_reason": stop_reason, "train_seconds": round(state["train_seconds"], 2),
+               "train_cpu_seconds": round(state["train_cpu_seconds"], 2),
                "images_per_second": round(state["images_seen"] / max(state["train_seconds"], 1e-9), 1),
                "num_processes": accelerator.num_processes, "best": state["best"],
                **{k: v for row in state["history"] for k, v in row.items() if k.startswith("eval_") or train_eval.is_generation_metric(k)}}
     if state.get("best_checkpoint"):
         summary["best_checkpoint"] = state["best_checkpoint"]
     if config.export_best and train_eval.best_step(state) is not None:  # every process: load_state is collective
-        accelerator.load_state(str(ckpt.checkpoint_dir(run_dir, train_eval.best_step(state))))
+        ckpt.load_training_state(accelerator, ckpt.checkpoint_dir(run_dir, train_eval.best_step(state)), ema, schedulers)
         summary["exported_step"] = train_eval.best_step(state)
     accelerator.wait_for_everyone()
+    if "budget spent" in stop_reason:
+        summary["budget"] = budget_report(config, clock, state["step"], max_steps, accelerator.device)
+        say(summary["budget"]["message"], accelerator.is_local_main_process)
     if accelerator.is_main_process:
         try:
-            with ema_weights(ema, family):
+            with ema_weights(ema, family), stage(f"exporting the model into {run_dir}", show):
                 runs.save_export(family, run_dir)  # temp folder, then each file renamed into place
             save_loss_curve(state["history"], run_dir / "loss_curve.png")
             log_image(accelerator, "loss_curve", run_dir / "loss_curve.png", state["step"])
@@ -300,7 +312,8 @@ def ema_weights(ema: EMAModel | None, family: Family) -> Iterator[None]:
         ema.restore(params)
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict[str, Any], keep_last: int) -> None:
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict[str, Any], keep_last: int, ema: EMAModel | None,
+                    schedulers: dict[str, Any]) -> None:
     """All processes write into a temp folder; the main one renames it into place once everyone is done.
 
     A failed write (full or read-only disk) removes the temp folder and leaves the last complete checkpoint as it was.
@@ -311,6 +324,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict[str, An
             ckpt.clear(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            ckpt.save_training_state(tmp, ema, schedulers)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpt.finalize(tmp, run_dir, state["step"], state, keep_last)
@@ -371,37 +386,6 @@ def _check_writable(run_dir: Path) -> None:
             pass
     except OSError as err:
         raise RunDirError(f"cannot write into output_dir {run_dir}: {_os_reason(err)}") from None
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive flock on RUN/.lock (the main process only) while the block runs; a second trainer is refused.
-
-    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind.
-    """
-    try:
-        import fcntl
-    except ImportError:  # no flock on this platform: trainings are not locked
-        fcntl = None
-    handle = None
-    if fcntl is not None and os.environ.get("RANK", "0") == "0":  # one lock per run, not one per process
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(run_dir / LOCK_FILE, "a")
-        except OSError:  # an unwritable directory: _check_writable says why
-            handle = None
-    if handle is not None:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
-                              "wait for it to end, or train into another output_dir") from None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.close()  # closing releases the lock
 
 
 def _os_reason(err: OSError) -> str:

@@ -35,9 +35,12 @@ def get_classifier(data: DataConfig, device: str | torch.device = "cpu", root: P
     name = f"{Path(cfg.source).name}-{cfg.channels}x{cfg.image_size}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     run_dir = (root or cache_dir()) / "classifiers" / name
     if not (run_dir / "model.safetensors").is_file():
+        from .progress import interactive, stage
+
         config = TrainConfig(family="classifier", data=cfg, output_dir=str(run_dir), epochs=epochs, batch_size=128, learning_rate=1e-3,
-                             seed=0, log_with="none", progress_bar=False, keep_last=1, eval_batches=40)
-        with torch.enable_grad():  # callers are often inside no_grad (sampling)
+                             seed=0, log_with="none", progress_bar=interactive(), keep_last=1, eval_batches=40)
+        with stage(f"training genkit's evaluation classifier on {Path(cfg.source).name} ({epochs:g} epochs, first use only: "
+                   f"cached in {run_dir})"), torch.enable_grad():  # callers are often inside no_grad (sampling)
             train(config, overwrite=True)
     return load_family(str(run_dir), device).models["model"]
 

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from .config import ConfigError, TrainConfig
 from .data import BUILTIN
-from .runs import HUB_RECORD, check_finished, export_files
+from .runs import HUB_RECORD, check_finished, export_files, exported_code, file_sha256
 from .safe_load import HUB_ID
 
 PIPELINE_TAGS = {"diffusion": "unconditional-image-generation", "gan": "unconditional-image-generation", "vae": "unconditional-image-generation",
@@ -164,8 +165,9 @@ def usage(run_dir: Path, family: str, repo_id: str, conditional: bool, custom: b
     return f"import torch{load}"
 
 
-def source_file(run_dir: Path, rel: str) -> Path:
-    """run_dir/rel, refused when it or a folder on its way is a symbolic link or resolves outside the run (it could point anywhere)."""
+def source_file(run_dir: Path, rel: str, allow_hard_links: bool = False, links_inside: dict[tuple[int, int], int] | None = None) -> Path:
+    """run_dir/rel, refused when it or a folder on its way is a symbolic link or resolves outside the run (it could point
+    anywhere), or when it is a hard link whose other names lie outside the run (the same file as one elsewhere)."""
     path = run_dir / rel
     for part in [path, *path.relative_to(run_dir).parents]:
         link = run_dir / part
@@ -173,7 +175,41 @@ def source_file(run_dir: Path, rel: str) -> Path:
             raise ConfigError(f"{rel} in {run_dir} is a symbolic link ({link.relative_to(run_dir)}); genkit publishes no links: copy the file in")
     if not path.resolve().is_relative_to(run_dir.resolve()) or not path.is_file():
         raise ConfigError(f"{rel} in {run_dir} is not a regular file inside the run; refusing to publish it")
+    info = path.stat()
+    if info.st_nlink > 1 and not allow_hard_links:
+        inside = (links_inside if links_inside is not None else hard_links_inside(run_dir)).get((info.st_dev, info.st_ino), 1)
+        if info.st_nlink > inside:
+            raise ConfigError(f"{rel} in {run_dir} is a hard link: the same file has {info.st_nlink - inside} other name(s) outside the run, "
+                              "so it may not be what genkit wrote. Replace it with a copy (cp --remove-destination SOURCE "
+                              f"{path}), or publish it as it is with --allow-hard-links")
     return path
+
+
+def hard_links_inside(run_dir: Path) -> dict[tuple[int, int], int]:
+    """How many names each multiply linked file has inside `run_dir` (by device and inode); symbolic links are not followed."""
+    counts: dict[tuple[int, int], int] = {}
+    for folder, _, files in os.walk(run_dir):
+        for name in files:
+            info = os.lstat(os.path.join(folder, name))
+            if info.st_nlink > 1:
+                key = (info.st_dev, info.st_ino)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def check_code(run_dir: Path, rel: str, path: Path, allow_edited_code: bool = False) -> None:
+    """Refuse a code file (pipeline.py) whose bytes are not those genkit wrote at export (its hash in run.json, or, for
+    runs without a record, genkit's own pipeline source): it runs wherever the model is loaded with trust_remote_code."""
+    if allow_edited_code:
+        return
+    recorded = exported_code(run_dir)
+    expected = recorded.get(rel) if recorded is not None else file_sha256(Path(__file__).with_name("pipelines.py"))
+    actual = file_sha256(path)
+    if actual != expected:
+        origin = "the file genkit wrote when it exported the run" if recorded is not None else "genkit's own pipeline code (the run records no hash)"
+        raise ConfigError(f"{rel} in {run_dir} differs from {origin} (sha256 {actual[:12]}, expected {str(expected)[:12]}): it runs on every "
+                          "machine that loads the model with trust_remote_code=True. Restore it (`genkit train --config "
+                          f"{run_dir / 'training_config.json'} --resume latest` exports the run again), or publish it as it is with --allow-edited-code")
 
 
 def write_atomically(folder: str | Path, purpose: str, fill: Callable[[Path], Any]) -> Any:
@@ -181,7 +217,7 @@ def write_atomically(folder: str | Path, purpose: str, fill: Callable[[Path], An
     folder = Path(folder)
     require_empty(folder, purpose)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))  # same disk: the rename is atomic
+    staging = new_folder(folder.parent, f".{folder.name}.partial-")  # same disk: the rename is atomic
     try:
         result = fill(staging)
         if folder.exists():
@@ -197,8 +233,24 @@ def write_atomically(folder: str | Path, purpose: str, fill: Callable[[Path], An
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path, card: bool = True) -> list[str]:
-    """Write into `folder` exactly what would be uploaded; return the relative paths."""
+def new_folder(parent: Path, prefix: str) -> Path:
+    """A fresh, uniquely named folder in `parent` with the mode the umask gives (mkdtemp's is 0700, kept after the rename)."""
+    while True:
+        path = Path(parent) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path, card: bool = True, allow_hard_links: bool = False,
+                   allow_edited_code: bool = False) -> list[str]:
+    """Write into `folder` exactly what would be uploaded; return the relative paths.
+
+    Every file must be the run's own and, for code, what genkit wrote: `allow_hard_links` and `allow_edited_code` say
+    otherwise explicitly.
+    """
     run_dir = Path(run_dir)
     check_repo_id(repo_id)
     if not (run_dir / "training_config.json").is_file():
@@ -206,7 +258,11 @@ def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path, card: 
     config = TrainConfig.load(run_dir)
     check_finished(run_dir, config)
     names = export_files(run_dir, config.family)  # an allow-list: nothing else in the folder can leak
-    sources = {rel: source_file(run_dir, rel) for rel in names}  # every file checked before anything is written
+    links = hard_links_inside(run_dir)
+    sources = {rel: source_file(run_dir, rel, allow_hard_links, links) for rel in names}  # every file checked before anything is written
+    for rel, source in sources.items():
+        if rel.endswith(".py"):
+            check_code(run_dir, rel, source, allow_edited_code)
     sources.update({rel: sources[of] for rel, of in ROOT_COPIES.get(config.family, {}).items() if of in sources})
 
     def fill(staging: Path) -> list[str]:
@@ -221,7 +277,8 @@ def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path, card: 
     return write_atomically(folder, "for the dry run", fill)
 
 
-def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
+def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None,
+             allow_hard_links: bool = False, allow_edited_code: bool = False) -> str:
     """Create (or reuse) the model repo and upload the run's weights, configs, grid and card; returns the commit URL."""
     from huggingface_hub import HfApi
 
@@ -229,7 +286,7 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp) / "upload"
-        prepare_upload(run_dir, repo_id, staging)
+        prepare_upload(run_dir, repo_id, staging, allow_hard_links=allow_hard_links, allow_edited_code=allow_edited_code)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message or f"Upload genkit run {Path(run_dir).name}")

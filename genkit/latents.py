@@ -85,22 +85,54 @@ def anomaly_auroc(errors: np.ndarray, labels: np.ndarray, anomalous: list[int]) 
     return float(roc_auc_score(positive, errors))
 
 
-def plot_embeddings(latents: np.ndarray, labels: np.ndarray, class_names: list[str], path: str | Path, max_points: int = 2000, seed: int = 0,
-                    ica: np.ndarray | None = None) -> Path:
-    """Side-by-side PCA, (ICA,) and t-SNE scatter plots of the latents, coloured by label; `ica` holds the ICA sources."""
+EMBEDDING_POINTS = 2000  # latents shown in the PCA / ICA / t-SNE plot (t-SNE's cost grows with their number)
+
+
+def embedding_points(n: int, max_points: int = EMBEDDING_POINTS, seed: int = 0) -> np.ndarray:
+    """Which of `n` latents the embedding plot shows (a seeded random subset)."""
+    return np.random.default_rng(seed).permutation(n)[:max_points]
+
+
+def tsne(latents: np.ndarray, max_points: int = EMBEDDING_POINTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-d t-SNE of (a subset of) the latents and the indices of that subset; its iterations show on the progress line."""
+    import contextlib
+    import io
+    import re
+
+    from sklearn.manifold import TSNE
+
+    from .progress import note
+
+    class Iterations(io.TextIOBase):  # sklearn prints "[t-SNE] Iteration 350: ..." every 50 iterations when verbose
+        def write(self, text: str) -> int:
+            found = re.search(r"Iteration (\d+)", text)
+            if found:
+                note(f"iteration {found.group(1)} of {getattr(model, 'max_iter', None) or getattr(model, 'n_iter', '?')}")
+            return len(text)
+
+    idx = embedding_points(len(latents), max_points, seed)
+    z = latents[idx]
+    model = TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(z) - 1), verbose=2)
+    with contextlib.redirect_stdout(Iterations()):
+        return model.fit_transform(z), idx
+
+
+def plot_embeddings(latents: np.ndarray, labels: np.ndarray, class_names: list[str], path: str | Path, max_points: int = EMBEDDING_POINTS,
+                    seed: int = 0, ica: np.ndarray | None = None, embedding: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """Side-by-side PCA, (ICA,) and t-SNE scatter plots of the latents, coloured by label; `ica` holds the ICA sources,
+    `embedding` the t-SNE already computed (what `tsne` returns)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
 
-    idx = np.random.default_rng(seed).permutation(len(latents))[:max_points]
+    embedded, idx = embedding if embedding is not None else tsne(latents, max_points, seed)
     z, y = latents[idx], labels[idx]
     views = {"PCA": PCA(2, random_state=seed).fit_transform(z) if z.shape[1] > 2 else z}
     if ica is not None and ica.shape[1] >= 2:
         sources = ica[idx]
         views["ICA (2 most non-Gaussian sources)"] = sources[:, np.argsort(-np.abs(_kurtosis(sources)))[:2]]
-    views["t-SNE"] = TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(z) - 1)).fit_transform(z)
+    views["t-SNE"] = embedded
     fig, axes = plt.subplots(1, len(views), figsize=(6 * len(views), 5))
     for ax, (title, xy) in zip(axes, views.items()):
         scatter = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=4, vmin=0, vmax=max(9, len(class_names) - 1))

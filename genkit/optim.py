@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules: over optimizer steps, or over a training-time budget (`max_train_seconds`).
+"""Optimizers and learning-rate schedules: over optimizer steps, or over a training budget (`max_train_seconds` of wall
+time, or `max_train_cpu_seconds` of the process's CPU time, which a busy machine does not eat).
 
 A time-budgeted run does not know its step count in advance, so its schedule runs on the training clock: after the
 warm-up steps, the cosine or linear decay follows the fraction of the budget spent. In several processes the clock is
@@ -11,11 +12,11 @@ import math
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from .clock import TrainingClock
 from .config import ConfigError, TrainConfig
 
 
@@ -31,32 +32,9 @@ def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) 
     return cls(params, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused or None)
 
 
-class TrainingClock:
-    """Training seconds so far (steps only: evaluation, sampling and checkpoints do not count), agreed across processes."""
-
-    def __init__(self, accelerator: Accelerator, budget: float | None, seconds: float = 0.0):
-        self.accelerator, self.budget, self.seconds = accelerator, budget, seconds
-
-    def update(self, local_seconds: float) -> None:
-        """Take this process's training seconds; with a budget, every process takes the largest."""
-        if self.budget is not None and self.accelerator.num_processes > 1:
-            local_seconds = self.accelerator.reduce(torch.tensor([local_seconds], device=self.accelerator.device), reduction="max").item()
-        self.seconds = local_seconds
-
-    @property
-    def progress(self) -> float:
-        """The fraction of the budget spent, in [0, 1] (0 without a budget)."""
-        return 0.0 if self.budget is None else min(1.0, self.seconds / self.budget)
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether the time budget is spent."""
-        return self.budget is not None and self.seconds >= self.budget
-
-
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, max_steps: int, clock: TrainingClock) -> LambdaLR:
-    """The config's schedule over `max_steps`, or, with `max_train_seconds`, over the training clock after the warm-up."""
-    if config.max_train_seconds is None:
+    """The config's schedule over `max_steps`, or, with a time or CPU budget, over the training clock after the warm-up."""
+    if not clock.timed:
         return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=max_steps)
     kind, warmup = config.lr_scheduler, config.warmup_steps
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -25,9 +26,10 @@ LOAD_FILES = ["training_config.json", "data_info.json"]  # with Family.required_
 HUB_RECORD = "hub.json"  # written by `genkit push`: where the run was published (a fine-tune's card cites it as base_model)
 GENERATED = [*RUN_FILES, "run.json", HUB_RECORD, "checkpoints", "samples", "logs", "reconstructions.png", "analysis.json", "latents.png", "som.png"]
 RUN_ID_FILE = "run.json"
+LOCK_FILE = ".lock"  # flocked by the running trainer
 FINISHED_MARKER = "metrics.json"  # written last by a training: a run directory with a run id but without it has not finished
 EXPORT_TMP = ".tmp-export"  # what a kill during the export leaves (--overwrite removes it too)
-GENERATED += [EXPORT_TMP, f".tmp-{FINISHED_MARKER}"]
+GENERATED += [EXPORT_TMP, f".tmp-{FINISHED_MARKER}", f".tmp-{RUN_ID_FILE}"]
 HUB_MIXIN_CHATTER = "Loading weights from local directory\n"  # a bare print() in huggingface_hub's PyTorchModelHubMixin
 
 
@@ -102,12 +104,44 @@ def save_export(family: Family, run_dir: Path) -> None:
         shutil.rmtree(tmp)
     family.save(tmp)
     ckpt.usual_permissions(tmp)
+    code = {str(path.relative_to(tmp)): file_sha256(path) for path in sorted(tmp.rglob("*.py"))}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         target = run_dir / path.relative_to(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
     shutil.rmtree(tmp)
+    record_exported_code(run_dir, code)
     verify_weights(run_dir, family.name)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_exported_code(run_dir: Path, code: dict[str, str]) -> None:
+    """Note in run.json the SHA-256 of each code file the export wrote (pipeline.py): `genkit push` publishes them only unchanged."""
+    path = Path(run_dir) / RUN_ID_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record["code_sha256"] = code
+    tmp = path.with_name(f".tmp-{RUN_ID_FILE}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def exported_code(run_dir: Path) -> dict[str, str] | None:
+    """The code files (relative path -> SHA-256) genkit wrote with the run's export; None when it recorded none (older runs, Hub snapshots)."""
+    path = Path(run_dir) / RUN_ID_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    code = record.get("code_sha256") if isinstance(record, dict) else None
+    return code if isinstance(code, dict) else None
 
 
 def finish(run_dir: Path, metrics: dict) -> None:
@@ -145,8 +179,15 @@ def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> No
                               f"unexpected {sorted(tensors.keys() - expected.keys())[:5]}, other shapes {wrong[:5]}")
 
 
-def resolve(source: str) -> Path:
-    """A local run directory, or the snapshot of a Hub repo id (trusted use: the CLI and a local app)."""
+def resolve(source: str, hub_only: bool = False) -> Path:
+    """A local run directory, or the snapshot of a Hub repo id (trusted use: the CLI and a local app); with `hub_only`,
+    a Hub id and never a local path (what a downloaded run names is not looked up on this machine)."""
+    from .safe_load import HUB_ID
+
+    if hub_only:
+        if not isinstance(source, str) or not HUB_ID.match(source):
+            raise ConfigError(f"{source!r} is not a Hub repo id (owner/name); a downloaded run may name models only by Hub id")
+        return _download(source)
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "training_config.json").is_file():
@@ -154,6 +195,11 @@ def resolve(source: str) -> Path:
         return path
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
         raise ConfigError(f"{source!r} is neither an existing run directory nor a Hub repo id (owner/name)")
+    return _download(source)
+
+
+def _download(source: str) -> Path:
+    """The snapshot of Hub repo `source`, as a ConfigError when it cannot be had."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -190,9 +236,9 @@ def load_run(path: Path, device: str | torch.device = "cpu") -> Family:
     return cls(config, DataInfo.load(path), models)
 
 
-def load_family(source: str, device: str | torch.device = "cpu") -> Family:
-    """The trained family of a run directory or Hub repo id, models in eval mode on `device`."""
-    return load_run(resolve(source), device)
+def load_family(source: str, device: str | torch.device = "cpu", hub_only: bool = False) -> Family:
+    """The trained family of a run directory or Hub repo id (only a Hub id with `hub_only`), models in eval mode on `device`."""
+    return load_run(resolve(source, hub_only), device)
 
 
 @contextlib.contextmanager
@@ -204,3 +250,47 @@ def quiet_loading() -> Iterator[None]:
             yield
     finally:
         sys.stdout.write(buffer.getvalue().replace(HUB_MIXIN_CHATTER, ""))
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used as asked (it holds another run, or the resume does not match)."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, required: bool = True) -> Iterator[None]:
+    """Hold an exclusive flock on RUN/.lock (the main process only) while the block runs; a second trainer is refused.
+
+    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind. Where the
+    filesystem has no locks, training is refused with the way out (`required=False`, `genkit train --no-lock`).
+    """
+    if not required:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: trainings are not locked
+        fcntl = None
+    handle = None
+    if fcntl is not None and os.environ.get("RANK", "0") == "0":  # one lock per run, not one per process
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(run_dir / LOCK_FILE, "a")
+        except OSError:  # an unwritable directory: _check_writable says why
+            handle = None
+    if handle is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunDirError(f"{run_dir} is in use by another genkit train (it holds {run_dir / LOCK_FILE}); "
+                              "wait for it to end, or train into another output_dir") from None
+        except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: a filesystem without file locks (NFS without lockd, some FUSE mounts)
+            handle.close()
+            raise RunDirError(f"cannot lock {run_dir / LOCK_FILE}: {err.strerror or err} (this filesystem has no file locks); "
+                              "train with --no-lock (train(..., lock=False)) if no other genkit train uses this output_dir, "
+                              "or train into an output_dir on a local disk") from None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the lock

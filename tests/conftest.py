@@ -143,8 +143,8 @@ def killed_after_checkpoint(step: int | None = None):
 
     original = engine.save_checkpoint
 
-    def save_then_die(accelerator, run_dir, state, keep_last):
-        original(accelerator, run_dir, state, keep_last)
+    def save_then_die(accelerator, run_dir, state, *args):
+        original(accelerator, run_dir, state, *args)
         if step is None or state["step"] == step:
             raise Killed
 

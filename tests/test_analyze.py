@@ -87,7 +87,10 @@ def test_analyze_rbm_run_with_unseen_class(tiny_idx, tmp_path, capsys):
     assert main(["analyze", str(run), "--num-images", "64", "--train-images", "192", "--min-support", "0.05", "--min-confidence", "0.3"]) == 0
     captured = capsys.readouterr()
     report = json.loads((run / "analysis.json").read_text())
-    assert "analyze [1/10] encoding" in captured.err and "association rules" in captured.err
+    assert "analyze [1/11] encoding" in captured.err and "association rules" in captured.err and "t-SNE of 64 latents" in captured.err
+    summary = captured.out.split("strongest rules")[0].strip().splitlines()  # a summary; the whole report is the file
+    assert len(summary) <= 10 and f"full report: {run / 'analysis.json'}" in summary[0] and "k-NN probe: accuracy" in captured.out
+    assert "AUROC on the unseen classes [9]" in captured.out and not captured.out.lstrip().startswith("{")
     assert 0.1 < report["knn_probe"]["accuracy"] <= 1 and report["knn_probe"]["train_images"] == 192
     anomaly = report["knn_anomaly"]
     assert anomaly["unseen_classes"] == [9] and 0 <= anomaly["auroc_knn_distance"] <= 1 and 0 <= anomaly["auroc_reconstruction_error"] <= 1

@@ -342,7 +342,7 @@ def test_a_second_trainer_on_the_same_run_is_refused_and_a_killed_ones_lock_is_g
     import sys
 
     from genkit.cli import main
-    from genkit.engine import LOCK_FILE
+    from genkit.runs import LOCK_FILE
 
     run = tmp_path / "run"
     run.mkdir()
@@ -367,7 +367,7 @@ def test_a_time_budget_stops_training_and_the_schedule_decays_over_it(tiny_idx, 
     import genkit.engine
 
     clock = {"now": 0.0}  # each step takes 0.1 s of the engine's clock, whatever the machine's load
-    monkeypatch.setattr(genkit.engine, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(genkit.engine, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"], process_time=lambda: clock["now"]))
     original = AutoencoderFamily.loss
 
     def slow_loss(self, part, batch):
@@ -387,3 +387,82 @@ def test_a_time_budget_stops_training_and_the_schedule_decays_over_it(tiny_idx, 
     assert ckpt.list_checkpoints(tmp_path / "run")
     with pytest.raises(Exception, match="max_train_seconds"):
         train(tiny_config(tiny_idx, tmp_path / "bad", max_train_seconds=0))
+
+
+def fake_clock(monkeypatch, wall_per_step: float, cpu_per_step: float) -> None:
+    """Each training step takes `wall_per_step` s of the engine's wall clock and `cpu_per_step` s of its CPU clock."""
+    import types
+
+    import genkit.engine
+
+    clock = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(genkit.engine, "time", types.SimpleNamespace(perf_counter=lambda: clock["wall"], process_time=lambda: clock["cpu"]))
+    original = AutoencoderFamily.loss
+
+    def slow_loss(self, part, batch):
+        clock["wall"] += wall_per_step
+        clock["cpu"] += cpu_per_step
+        return original(self, part, batch)
+
+    monkeypatch.setattr(AutoencoderFamily, "loss", slow_loss)
+
+
+def test_a_cpu_budget_stops_training_on_cpu_seconds_and_the_schedule_decays_over_them(tiny_idx, tmp_path, monkeypatch):
+    fake_clock(monkeypatch, wall_per_step=1.0, cpu_per_step=0.25)  # a busy machine: wall time would stop it far sooner
+    config = tiny_config(tiny_idx, tmp_path / "run", max_steps=1000, max_train_cpu_seconds=2.0, lr_scheduler="linear", warmup_steps=1,
+                         log_every=1, checkpoint_every=1000, eval_every=1000)
+    summary = train(config)
+    assert summary["step"] == 8 and summary["stop_reason"].startswith("CPU budget spent: 2 CPU seconds"), summary
+    assert summary["train_cpu_seconds"] == pytest.approx(2.0) and summary["train_seconds"] == pytest.approx(8.0)
+    lrs = [row["lr"] for row in json.loads((tmp_path / "run" / "metrics.json").read_text())["history"] if "lr" in row]
+    assert lrs == pytest.approx([1e-3 * (1 - k / 8) for k in range(8)], rel=1e-6)
+    assert "max_steps=8" in summary["budget"]["message"]
+    with pytest.raises(Exception, match="max_train_cpu_seconds"):
+        train(tiny_config(tiny_idx, tmp_path / "bad", max_train_cpu_seconds=-1))
+
+
+def test_a_budget_that_ends_a_busy_run_early_says_so_and_how_to_train_by_steps(tiny_idx, tmp_path, monkeypatch, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    fake_clock(monkeypatch, wall_per_step=0.1, cpu_per_step=0.01 * threads)  # the process got a tenth of its threads' time
+    run = tmp_path / "run"
+    summary = train(tiny_config(tiny_idx, run, max_steps=1000, max_train_seconds=0.6, checkpoint_every=1000, eval_every=1000))
+    budget = summary["budget"]
+    assert summary["step"] == 6 and budget["cpu_share"] == pytest.approx(0.1) and budget["steps_if_idle"] == 60
+    message = budget["message"]
+    for words in ["stopped at step 6 of the 1,000", "The machine was busy (load average", "about 60 steps",
+                  "--set max_train_seconds=null max_steps=60", f"max_train_cpu_seconds={0.6 * threads:g}"]:
+        assert words in message, message
+    assert message in capsys.readouterr().err
+
+    # resumed with the budget already spent: nothing trains, and the stop reason is the budget, not max_steps
+    monkeypatch.undo()
+    again = train(tiny_config(tiny_idx, run, max_steps=1000, max_train_seconds=0.6, checkpoint_every=1000, eval_every=1000), resume="latest")
+    assert again["step"] == 6 and again["stop_reason"].startswith("time budget spent"), again
+    assert "before this resume: nothing to train" in capsys.readouterr().err
+    assert json.loads((run / "metrics.json").read_text())["final"]["stop_reason"].startswith("time budget spent")
+    more = train(tiny_config(tiny_idx, run, max_steps=1000, max_train_seconds=0.7, checkpoint_every=1000, eval_every=1000), resume="latest")
+    assert more["step"] > 6 and more["stop_reason"].startswith("time budget spent")  # a raised budget continues the run
+
+
+def test_a_budgeted_runs_bar_counts_seconds_of_its_budget_not_steps_of_its_epochs(tiny_idx, tmp_path, monkeypatch):
+    from genkit.clock import TrainingClock, advance, training_bar
+
+    class Single:
+        num_processes = 1
+
+    clock = TrainingClock(Single(), 300.0)
+    config = tiny_config(tiny_idx, tmp_path / "run", max_train_seconds=300)
+    bar = training_bar(config, clock, 93_700, 0, show=True)
+    assert bar.total == 300
+    clock.update(120.0, 200.0)
+    advance(bar, clock, 40)
+    assert bar.n == pytest.approx(120.0) and "120/300 s" in str(bar), str(bar)
+    clock.update(400.0, 700.0)
+    advance(bar, clock, 90)
+    assert bar.n == pytest.approx(300.0)
+    bar.close()
+    steps = training_bar(config, TrainingClock(Single(), None), 93_700, 5, show=True)
+    assert steps.total == 93_700 and steps.n == 5
+    steps.close()

@@ -58,7 +58,11 @@ def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):
     train(cfg)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--num-samples", "32", "--steps", "2", "--scheduler", "ddim"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    for line in ["genkit: generation metrics of 32 samples in classifier space ...", "genkit: generating 32 images to score",
+                 "genkit: generation metrics of 32 samples in classifier space: done after"]:  # what runs, on stderr
+        assert line in captured.err, captured.err
     result = json.loads(out[out.index("{"):])
     assert result["num_samples"] == 32 and result["fid"] > result["fid_real_floor"] >= 0 and result["fid_train_floor"] >= 0
     assert 0 <= result["class_accuracy"] <= 1 and "kid" in result

@@ -22,9 +22,9 @@ def main(data_dir: str, out_dir: str, mode: str = "steps") -> None:
             seen.extend(index.tolist())
         return make_batch(data, index, cfg, generator, **kwargs)
 
-    def recording_save(accelerator, run_dir, state, keep_last):
+    def recording_save(accelerator, run_dir, state, *args):
         sums.append(sum(p.double().sum().item() for p in accelerator._models[0].parameters()))
-        save_checkpoint(accelerator, run_dir, state, keep_last)
+        save_checkpoint(accelerator, run_dir, state, *args)
 
     engine.make_batch, engine.save_checkpoint = recording_make_batch, recording_save
     options = dict(max_steps=8, checkpoint_every=4, batch_size=16)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from ..eval_classifier import class_accuracy, classifier_data_config, get_classifier
+from ..progress import stage
 from .cas import classification_accuracy_score, save_image_tensors, train_and_test_classifier
 from .distances import cmmd, fid_kid
 from .features import SPACES, FeatureSpace, feature_space, parse_spaces
@@ -43,14 +44,19 @@ def evaluate_run(family, num_samples: int = 1000, device: str | torch.device = "
     result: dict[str, float | str] = {}
     model = family.models.get("model")
     if model is not None and hasattr(model, "reconstruct"):
-        result.update(evaluate_reconstruction(family, device=device))
+        with stage("reconstruction error on the evaluation split (and the PCA baseline)"):
+            result.update(evaluate_reconstruction(family, device=device))
     if model is not None and hasattr(model, "importance_nll"):
-        result.update(evaluate_likelihood(family, nll_images, nll_k, device=device))
+        with stage(f"likelihood: ELBO and importance-sampled NLL ({nll_k} samples per image)"):
+            result.update(evaluate_likelihood(family, nll_images, nll_k, device=device))
     if model is not None and hasattr(model, "ais_log_partition"):
-        result.update(evaluate_rbm_likelihood(family, device=device))
+        with stage("likelihood: annealed importance sampling of the RBM's partition function"):
+            result.update(evaluate_rbm_likelihood(family, device=device))
     if generates:
         result.update(protocol(family.config.data, num_samples, spaces))
-        result.update(evaluate_generation(family, num_samples, device, seed, features=spaces, **options))
+        with stage(f"generation metrics of {num_samples:,} samples in {', '.join(space.name for space in spaces)} space"):
+            result.update(evaluate_generation(family, num_samples, device, seed, features=spaces, **options))
     if cas:
-        result.update(classification_accuracy_score(family, cas, cas_real_subset, seed=seed, **options))
+        with stage(f"classification accuracy score: a classifier trained on {cas:,} generated images"):
+            result.update(classification_accuracy_score(family, cas, cas_real_subset, seed=seed, **options))
     return result

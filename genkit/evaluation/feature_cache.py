@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data import cache_dir
+from ..progress import stage
 from .features import FeatureSpace
 
 CACHE_VERSION = 1
@@ -28,7 +29,8 @@ def cached_features(space: FeatureSpace, images: torch.Tensor, source: str, spli
             return load_file(path)["features"]
         except Exception:  # a damaged entry is recomputed, never fatal
             path.unlink(missing_ok=True)
-    features = space.extract(images)
+    with stage(f"{space.name} features of {len(images):,} real {split} images (cached for later evaluations)"):
+        features = space.extract(images)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file({"features": features.contiguous()}, str(tmp), metadata={"key": key})

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import DataConfig
 from ..eval_classifier import class_accuracy, get_classifier
+from ..progress import bar, say
 from .distances import cmmd, fid_kid
 from .feature_cache import cached_features
 from .features import ClassifierSpace, FeatureSpace, feature_space
@@ -79,9 +80,12 @@ def load_spaces(features: Iterable[str | FeatureSpace], data: DataConfig, device
 def _generate(family, num_samples: int, seed: int, batch_size: int, labels: torch.Tensor | None, **options) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     chunks = []
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        chunks.append(family.generate(n, generator, None if labels is None else labels[start : start + n], **options).cpu())
+    say(f"generating {num_samples:,} images to score")
+    with bar(total=num_samples, desc="generating", unit="img") as progress:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            chunks.append(family.generate(n, generator, None if labels is None else labels[start : start + n], **options).cpu())
+            progress.update(n)
     return torch.cat(chunks)
 
 

@@ -122,8 +122,11 @@ class DiffusionFamily(Family):
         models = dict(models) if models is not None else None
         self.autoencoder = (models or {}).pop("autoencoder", None)
         if self.autoencoder is None and config.model.get("autoencoder"):
-            self.autoencoder = self._load_autoencoder(config.model["autoencoder"])
+            # a saved run (a Hub snapshot, say) without its autoencoder/ folder names one only as a Hub id, never a local path
+            self.autoencoder = self._load_autoencoder(config.model["autoencoder"], hub_only=models is not None)
         super().__init__(config, info, models)
+        if self.autoencoder is not None:
+            self._check_autoencoder(config.model.get("autoencoder"))
         # the decoder a latent run's pipeline carries: the autoencoder's own layers, exported without its class
         self.decoder = None if self.autoencoder is None else LatentDecoder.from_module(
             self.autoencoder.decoder, self.autoencoder.image_shape, self.option("latent_scale"),
@@ -173,16 +176,32 @@ class DiffusionFamily(Family):
         return None if n is None else n - 1
 
     @staticmethod
-    def _load_autoencoder(source: str) -> torch.nn.Module:
+    def _load_autoencoder(source: str, hub_only: bool = False) -> torch.nn.Module:
         from ..runs import load_family
 
-        family = load_family(source)
+        try:
+            family = load_family(source, hub_only=hub_only)
+        except ConfigError as err:
+            where = "this run has no autoencoder/ folder, and a downloaded run's model.autoencoder is looked up on the Hub only: " if hub_only else ""
+            raise ConfigError(f"model.autoencoder={source!r}: {where}{err}") from None
         model = family.models.get("model")
         if model is None or not hasattr(model, "encode") or not hasattr(model, "decode"):
             raise ConfigError(f"model.autoencoder={source!r} is a {family.config.family} run; latent diffusion needs an autoencoder or vae run")
         if model.latent_dim % 16:
             raise ConfigError(f"latent diffusion maps codes to c x 4 x 4: the autoencoder's latent_dim must be a multiple of 16, got {model.latent_dim}")
         return model.eval().requires_grad_(False)
+
+    def _check_autoencoder(self, source: str | None) -> None:
+        """Refuse an autoencoder that does not fit this run's images or UNet (a readable error, not a shape error mid-sampling)."""
+        ae, unet = self.autoencoder, unwrap(self.models["unet"]).config
+        name = f"the autoencoder ({source})" if source else "the run's autoencoder/"
+        image = (self.info.channels, self.info.image_size, self.info.image_size)
+        if tuple(ae.image_shape) != image:
+            raise ConfigError(f"{name} works on {'x'.join(map(str, ae.image_shape))} images, this run's data is {'x'.join(map(str, image))}: "
+                              "latent diffusion needs an autoencoder trained on the same images")
+        if ae.latent_dim % 16 or (unet.in_channels, unet.sample_size) != (ae.latent_dim // 16, 4):
+            raise ConfigError(f"{name} has {ae.latent_dim}-d codes, but the UNet denoises {unet.in_channels} x {unet.sample_size} x "
+                              f"{unet.sample_size} latents ({16 * unet.in_channels}-d codes): it is not the autoencoder this model was trained with")
 
     def to_latent(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> scaled latent maps (N, latent_dim / 16, 4, 4)."""
@@ -312,7 +331,11 @@ class DiffusionFamily(Family):
             raise FileNotFoundError(f"{directory} holds no diffusion pipeline (no unet/ folder)")
         models = {"unet": UNet2DModel.from_pretrained(str(directory / "unet"))}
         if (directory / "autoencoder").is_dir():
-            models["autoencoder"] = cls._load_autoencoder_weights(directory / "autoencoder")
+            try:
+                models["autoencoder"] = cls._load_autoencoder_weights(directory / "autoencoder")
+            except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:  # a config that does not fit its weights, ...
+                raise ConfigError(f"{directory / 'autoencoder'} does not load as a genkit autoencoder or VAE: "
+                                  f"{' '.join(str(err).split())[:300]}") from None
         return models
 
     @staticmethod
