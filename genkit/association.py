@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .extras import require
+
 RULE_COLUMNS = ["units", "class", "support", "confidence", "lift", "units_support", "images"]
 
 
@@ -39,7 +41,8 @@ def class_rules(codes: np.ndarray, labels: np.ndarray, class_names: list[str], m
     of MNIST digits) make every pair of hundreds of units frequent, which no miner lists in reasonable time.
     `algorithm`: apriori (the course's) or fpgrowth; both find the same frequent itemsets (as Eclat would).
     """
-    from mlxtend.frequent_patterns import apriori, association_rules, fpgrowth
+    mined = require("mlxtend.frequent_patterns", "analysis", "association rules (`genkit analyze`)")
+    apriori, association_rules, fpgrowth = mined.apriori, mined.association_rules, mined.fpgrowth
 
     if algorithm not in ("apriori", "fpgrowth"):
         raise ValueError(f"algorithm must be 'apriori' or 'fpgrowth', got {algorithm!r}")

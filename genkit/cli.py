@@ -299,7 +299,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .hub import bare
+    from .hub import bare, hub_source
     from .synthetic import export, push_dataset
 
     fmt = args.format or ("parquet" if args.push_to_hub else "save_to_disk")
@@ -310,7 +310,7 @@ def _generate(args: argparse.Namespace) -> int:
     options = _generation_options(args)
     family = _load_run(args)
     info = export(family, args.out, args.n, fmt, seed=args.seed, batch_size=args.batch_size, class_label=args.class_label,
-                  source=bare(args.run), **options)  # no local path in the card
+                  source=bare(args.run), source_model=hub_source(args.run)[0], **options)  # no local path in the card
     report = {"out": args.out, "format": fmt, **{k: v for k, v in info.items() if k != "class_names"}}
     if args.push_to_hub:
         report["pushed"] = push_dataset(args.out, args.push_to_hub, private=args.private)
@@ -373,10 +373,12 @@ def _space(args: argparse.Namespace) -> int:
 def _app(args: argparse.Namespace) -> int:
     import importlib.util
 
+    from .extras import require
     from .hub import SPACE_APP as path
 
     if not path.is_file():
         raise ConfigError(f"the Gradio app is not installed next to genkit ({path}); run it from a source checkout")
+    require("gradio", "app", "`genkit app`")
     spec = importlib.util.spec_from_file_location("genkit_space_app", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

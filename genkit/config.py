@@ -119,7 +119,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build and validate a config, naming any unknown or mistyped key."""
-        return _build(cls, dict(values), prefix="").validate()
+        values = dict(values)
+        for key, word in [("mixed_precision", "no"), ("log_with", "none")]:
+            if values.get(key) is False:  # YAML 1.1 reads an unquoted `no` (or off, false) as False
+                values[key] = word
+        return _build(cls, values, prefix="").validate()
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (`.json`) or YAML (anything else)."""

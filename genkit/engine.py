@@ -32,7 +32,7 @@ from .optim import apply_optimizer_settings, make_lr_scheduler, make_optimizer
 from .plots import save_grid, save_loss_curve
 from .progress import say, stage
 from .runs import RunDirError
-from .tracking import available_trackers, log_image, resolve_mixed_precision, tracker_init_kwargs
+from .tracking import available_trackers, log_image, resolve_mixed_precision, start_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -134,16 +134,15 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
         apply_optimizer_settings(config, optimizers, schedulers)
         accelerator.print(f"resumed from {path} at step {state['step']}")
     if accelerator.is_main_process:  # run_dir exists: _check_writable made it
+        if overwrite and not resume:  # start clean: old checkpoints would otherwise be pruned, or resumed, as if they were this run's
+            runs.clear_outputs(run_dir)
+        if log_with:  # before the run is saved: a tracker that fails to start leaves no half-made run behind
+            start_trackers(accelerator, run_dir, {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
         if not resume:
-            if overwrite:  # start clean: old checkpoints would otherwise be pruned, or resumed, as if they were this run's
-                runs.clear_outputs(run_dir)
             state["run_id"] = runs.new_run_id(run_dir)
         config.save(run_dir / "training_config.json")
         info.save(run_dir)
     state["run_id"] = _broadcast_run_id(accelerator, state.get("run_id"))
-    if log_with:
-        accelerator.init_trackers("genkit", config={k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))},
-                                  init_kwargs=tracker_init_kwargs(run_dir))
 
     eval_batches = list(_eval_batches(eval_data, config, accelerator.device))
     sample_generator = torch.Generator(device="cpu")

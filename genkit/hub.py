@@ -22,6 +22,8 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from .config import ConfigError, TrainConfig
 from .data import BUILTIN
+from .extras import require
+from .families import get_family
 from .runs import HUB_RECORD, check_finished, export_files, exported_code, file_sha256
 from .safe_load import HUB_ID
 
@@ -50,24 +52,32 @@ def bare(value: Any) -> Any:
 # What loads a pushed folder, per family: the stock loader (module class or pipeline) named in the card and the README
 LOADERS = {"autoencoder": "genkit.families.autoencoder", "vae": "genkit.families.vae:VAE", "gan": "genkit.families.gan:Generator",
            "rbm": "genkit.families.rbm:BernoulliRBM", "classifier": "genkit.families.classifier:SmallCNN"}
-ROOT_COPIES = {"gan": {"config.json": "generator/config.json", "model.safetensors": "generator/model.safetensors"}}  # Generator.from_pretrained(id)
-DISTRIBUTION = "hf-genkit"  # genkit's name on PyPI ("genkit" there is Google's unrelated SDK, same import name)
-INSTALL = f"pip install {DISTRIBUTION}  # genkit's PyPI name; `pip install genkit` installs an unrelated project"
+DISTRIBUTION = "hf-genkit"  # genkit's distribution name ("genkit" on PyPI is Google's unrelated SDK, same import name)
+ON_PYPI = False  # True once hf-genkit is uploaded (tests/test_distribution.py builds and checks the wheel): cards then install it by name
+INSTALL = (f"pip install {DISTRIBUTION}  # `pip install genkit` installs an unrelated project" if ON_PYPI else
+           "# genkit is not on PyPI yet: install it from a source checkout (`pip install -e .` in a clone of the genkit repository);\n"
+           "# `pip install genkit` installs Google's unrelated Genkit SDK")
 
 
 def base_model(init_from: str | None) -> tuple[str | None, str]:
     """The Hub id a fine-tune started from (None when it is not on the Hub), and a sentence for the card."""
     if not init_from:
         return None, ""
-    path = Path(init_from).expanduser()
+    repo_id, label = hub_source(init_from)
+    return repo_id, f"Fine-tuned from {label}."
+
+
+def hub_source(source: str) -> tuple[str | None, str]:
+    """A run folder or Hub id -> its Hub id (None when it is not on the Hub) and markdown naming it, linked when on the Hub."""
+    path = Path(source).expanduser()
     if path.exists():
         repo_id = pushed_repo_id(path) or cached_repo_id(path)
         if repo_id and valid_repo_id(repo_id):
-            return repo_id, f"Fine-tuned from [{repo_id}](https://huggingface.co/{repo_id})."
-        return None, f"Fine-tuned from a local run (`{path.name}`) that is not on the Hub."
-    if valid_repo_id(init_from):
-        return init_from, f"Fine-tuned from [{init_from}](https://huggingface.co/{init_from})."
-    return None, f"Fine-tuned from `{bare(init_from)}` (not a Hub model)."
+            return repo_id, f"[{repo_id}](https://huggingface.co/{repo_id})"
+        return None, f"a local run (`{path.name}`) that is not on the Hub"
+    if valid_repo_id(source):
+        return source, f"[{source}](https://huggingface.co/{source})"
+    return None, f"`{bare(source)}` (not a Hub model)"
 
 
 def pushed_repo_id(run_dir: Path) -> str | None:
@@ -108,14 +118,15 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     latent = bool(config.model.get("autoencoder"))
     flow = config.model.get("objective") == "flow_matching"
     source = config.data.source
-    dataset = BUILTIN[source][0] if source in BUILTIN else (source if HUB_ID.fullmatch(source) else None)
-    task = PIPELINE_TAGS.get(family, "other")
+    dataset = hub_dataset(source)
+    task = pipeline_tag(family, conditional)
     results = eval_results(run_dir, config, dataset, task)
     parent, provenance = base_model(raw.init_from)
+    provenance = " ".join(filter(None, [provenance, latent_sentence(raw)]))
     stock = family == "diffusion" and not conditional and not latent and not flow  # a plain DDPMPipeline
-    meta = ModelCardData(library_name="diffusers" if family == "diffusion" else "genkit", license="apache-2.0", pipeline_tag=task,
+    meta = ModelCardData(library_name=library_name(family), license=MODEL_LICENSE, pipeline_tag=task,
                          tags=["genkit", family, *(["class-conditional"] if conditional else []), *(["flow-matching"] if flow else []),
-                               *(["diffusers:DDPMPipeline"] if stock else []),
+                               *(["latent-diffusion"] if latent else []), *(["diffusers:DDPMPipeline"] if stock else []),
                                *(["model_hub_mixin", "pytorch_model_hub_mixin"] if family != "diffusion" else [])],
                          datasets=[dataset] if dataset else None, base_model=parent, model_name=repo_id.split("/")[-1],
                          eval_results=results or None)
@@ -130,24 +141,93 @@ def model_card(run_dir: Path, repo_id: str) -> str:
         sections.append("![samples](samples.png)")
     if rows:
         sections.append(f"## Metrics\n\nOn the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}")
-    sections.append(f"## Usage\n\n```bash\n{INSTALL}\n```\n\n```python\n{usage(run_dir, family, repo_id, conditional, not stock)}\n```")
+    snippet = usage(run_dir, family, repo_id, conditional, not stock)
+    sections.append(f"## Usage\n\n```bash\n{install_block(family, not stock)}\n```\n\n```python\n{snippet}\n```")
     sections.append(f"## Training config\n\n```yaml\n{yaml.safe_dump(config.to_dict(), sort_keys=False)}```\n\nTrained with "
                     f"`genkit train` (see the genkit README); `training_config.json` in this repo reproduces the run.")
     return "\n\n".join(sections) + "\n"
+
+
+# ---- what a card says besides its metrics: task, library, install line, provenance, the run's sampling settings ----
+
+MODEL_LICENSE = "apache-2.0"  # what genkit's model cards declare, and so the data sets generated from them
+
+
+def hub_dataset(source: str) -> str | None:
+    """The Hub id of a data source (built-in names map to theirs), None for local data."""
+    source = bare(source)
+    return BUILTIN[source][0] if source in BUILTIN else (source if HUB_ID.fullmatch(source) else None)
+
+
+def pipeline_tag(family: str, conditional: bool) -> str:
+    """The Hub task: class-conditional generators have no task of their own on the Hub (`other`), they are not unconditional."""
+    task = PIPELINE_TAGS.get(family, "other")
+    return "other" if conditional and task == "unconditional-image-generation" else task
+
+
+def library_name(family: str) -> str | None:
+    """diffusers for diffusion pipelines; none for genkit's PyTorchModelHubMixin modules, as the mixin writes it (its tags say
+    what they are): the Hub has no `genkit` library, and that name is Google's."""
+    return "diffusers" if family == "diffusion" else None
+
+
+def requirement(name: str) -> str:
+    """`name` as genkit's own metadata requires it (e.g. diffusers>=0.32); the bare name when genkit is not installed."""
+    try:
+        requires = importlib.metadata.requires(DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:
+        requires = []
+    for line in requires:
+        spec, _, marker = line.partition(";")
+        if re.match(rf"{re.escape(name)}\s*(?:[<>=!~(\[]|$)", spec.strip(), re.I) and "extra" not in marker:
+            return spec.strip().replace(" ", "")
+    return name
+
+
+def install_block(family: str, custom: bool) -> str:
+    """What loading the artifact needs: torch + diffusers for a pipeline whose code travels with it; genkit for the rest."""
+    pipeline = f'pip install torch "{requirement("diffusers")}"'
+    if family == "diffusion" and custom:
+        return f"{pipeline}  # pipeline.py travels with the model: genkit itself is not needed"
+    if family == "diffusion":
+        return f"{pipeline}  # DDPMPipeline; genkit's own loader (last lines) needs genkit:\n{INSTALL}"
+    return INSTALL
+
+
+def latent_sentence(raw: TrainConfig) -> str:
+    """Which autoencoder a latent diffusion run denoises the codes of, linked when it is on the Hub."""
+    source = raw.model.get("autoencoder") if raw.family == "diffusion" else None
+    if not source:
+        return ""
+    _, label = hub_source(str(source))
+    return (f"Latent diffusion: the UNet denoises the latent codes of the autoencoder {label}; its weights travel with this model "
+            "(`autoencoder/`, and the decoder the pipeline uses in `decoder/`).")
+
+
+def sampling_defaults(config: TrainConfig) -> dict[str, Any]:
+    """The run's own sampler, steps and guidance (`genkit sample`'s defaults), for the card's snippet."""
+    from .families.diffusion import DEFAULT_SAMPLER, DiffusionFamily
+
+    options = {**DiffusionFamily.model_options(), **config.model}
+    return {"sampler": options["sampler"] or DEFAULT_SAMPLER[options["objective"]], "steps": int(options["sample_steps"]),
+            "guidance": float(options["guidance_scale"])}
 
 
 def usage(run_dir: Path, family: str, repo_id: str, conditional: bool, custom: bool) -> str:
     """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it); `custom`: a
     diffusion run saved with its own pipeline.py (conditional, latent or flow matching), not as a DDPMPipeline."""
     load = f"\n\n# every family, with its config and class names:\nfrom genkit.runs import load_family\n\nfamily = load_family(\"{repo_id}\")"
+    run = sampling_defaults(TrainConfig.load(run_dir)) if family == "diffusion" else {}
     if family == "diffusion" and not custom:
         return (f"import torch\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"{repo_id}\")\n"
                 f"images = pipe(batch_size=4, num_inference_steps=50).images  # PIL images\n"
-                f"{load}\nimages = family.generate(4, torch.Generator().manual_seed(0), scheduler=\"dpm++\", steps=25)  # any scheduler")
+                f"{load}\nimages = family.generate(4, torch.Generator().manual_seed(0), scheduler=\"{run['sampler']}\", "
+                f"steps={run['steps']})  # the run's sampler; any scheduler")
     if family == "diffusion":  # the pipeline class travels with the run as pipeline.py
-        call = "class_labels=[0, 1, 2, 3], guidance_scale=2.0" if conditional else "batch_size=4"
+        call = f"class_labels=[0, 1, 2, 3], guidance_scale={run['guidance']:g}" if conditional else "batch_size=4"
         return (f"from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained(\"{repo_id}\", trust_remote_code=True)\n"
-                f"images = pipe({call}, num_inference_steps=25).images")
+                f"images = pipe({call}, num_inference_steps={run['steps']}).images  # the run's own sampler ({run['sampler']}), steps"
+                f"{' and guidance' if conditional else ''}")
     module, _, name = LOADERS.get(family, "genkit.runs:").partition(":")
     if family == "autoencoder":
         config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
@@ -259,11 +339,12 @@ def prepare_upload(run_dir: str | Path, repo_id: str, folder: str | Path, card: 
     check_finished(run_dir, config)
     names = export_files(run_dir, config.family)  # an allow-list: nothing else in the folder can leak
     links = hard_links_inside(run_dir)
-    sources = {rel: source_file(run_dir, rel, allow_hard_links, links) for rel in names}  # every file checked before anything is written
-    for rel, source in sources.items():
+    family = get_family(config.family)  # a GAN's generator goes to the root, once: Generator.from_pretrained(repo_id)
+    sources = {}
+    for rel in names:  # every file checked before anything is written
+        source = sources[family.published_name(rel)] = source_file(run_dir, rel, allow_hard_links, links)
         if rel.endswith(".py"):
             check_code(run_dir, rel, source, allow_edited_code)
-    sources.update({rel: sources[of] for rel, of in ROOT_COPIES.get(config.family, {}).items() if of in sources})
 
     def fill(staging: Path) -> list[str]:
         for rel, source in sources.items():
@@ -370,6 +451,11 @@ def _outside_functions(node: ast.AST) -> Iterator[ast.AST]:
             yield from _outside_functions(child)
 
 
+def space_python() -> str:
+    """The Python the Space's pins were taken from (and resolve on): the Hub builds with 3.10 unless the card says otherwise."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def space_requirements(cpu: bool = True) -> list[str]:
     """requirements.txt of the Space: what the app imports, pinned to the versions installed here (the ones it was tested with)."""
     by_module = importlib.metadata.packages_distributions()
@@ -385,25 +471,27 @@ def space_requirements(cpu: bool = True) -> list[str]:
 
 def space_card(repo_id: str, models: list[str], allow_hub: bool, cpu: bool = True) -> str:
     """README.md of the Space: front matter the Hub reads, then what the Space does, which models it serves and how it installs."""
-    import gradio
-
+    gradio = require("gradio", "app", "`genkit space` (the card names the gradio release the app was tested with)")
     hub_models = [m for m in models if "=" not in m]
     meta = {"title": repo_id.split("/")[-1], "emoji": "🎨", "colorFrom": "indigo", "colorTo": "gray", "sdk": "gradio",
-            "sdk_version": gradio.__version__, "app_file": "app.py", "pinned": False, "license": "apache-2.0"}
+            "sdk_version": gradio.__version__, "python_version": space_python(), "app_file": "app.py", "pinned": False, "license": "apache-2.0"}
     if hub_models:
         meta["models"] = hub_models
     served = "\n".join(f"- [{m}](https://huggingface.co/{m})" if "=" not in m else f"- `{m.partition('=')[0]}` (bundled in `models/`)"
                        for m in models) or "- (none listed)"
     hub = "Visitors may also enter the Hub id of any public genkit model, within the limits in `genkit/safe_load.py`." if allow_hub else \
         "Only the models above are served."
-    torch_line = (f"`requirements.txt` pins every package the app imports to the version it was built and tested with. torch is the CPU "
+    torch_line = (f"`requirements.txt` pins every package the app imports to the version it was built and tested with, on Python "
+                  f"{meta['python_version']} (`python_version` above; the Hub's default, 3.10, is older than some pins). torch is the CPU "
                   f"build (`+cpu`, from `--extra-index-url {CPU_TORCH_INDEX}`): a CPU Space needs none of the CUDA libraries of PyPI's "
                   f"default torch wheel. On GPU hardware, rebuild with `genkit space --gpu` (PyPI's CUDA torch, no extra index).") if cpu else \
-        "`requirements.txt` pins every package the app imports to the version it was built and tested with; torch is PyPI's CUDA build (GPU hardware)."
+        (f"`requirements.txt` pins every package the app imports to the version it was built and tested with, on Python {meta['python_version']}; "
+         "torch is PyPI's CUDA build (GPU hardware).")
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n# {meta['title']}\n\n"
             f"Sample, denoise and explore the latents of genkit models, made with `genkit space`.\n\n## Models\n\n{served}\n\n{hub}\n\n"
             f"## Install\n\n{torch_line} The `genkit/` package beside `app.py` is the genkit code the Space runs; elsewhere install genkit "
-            f"with `{INSTALL.split('  #')[0]}` (not `pip install genkit`, an unrelated project).\n")
+            f"{'with `pip install ' + DISTRIBUTION + '`' if ON_PYPI else 'from a source checkout (`pip install -e .`; it is not on PyPI yet)'} "
+            "(not `pip install genkit`, an unrelated project).\n")
 
 
 def bundle_name(run_dir: Path) -> str:

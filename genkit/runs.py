@@ -78,7 +78,8 @@ def clear_outputs(run_dir: Path) -> list[str]:
 
 def check_finished(path: Path, config: TrainConfig) -> None:
     """A run directory whose training has not ended (killed, interrupted, still running) says how to resume it; its weights must parse."""
-    missing = [name for name in get_family(config.family).required_files() if not (path / name).is_file()]
+    family = get_family(config.family)
+    missing = [name for name in family.required_files() if not (path / name).is_file() and not (path / family.published_name(name)).is_file()]
     if (path / RUN_ID_FILE).is_file() and not (path / FINISHED_MARKER).is_file():  # trained here (not a Hub snapshot) but not to the end
         missing.append(FINISHED_MARKER)
     if not missing:
@@ -158,7 +159,8 @@ def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> No
     no genkit model (a latent pipeline's `decoder/`) are only parsed.
     """
     models = models or {}
-    for name in get_family(family).export_files():
+    cls = get_family(family)
+    for name in cls.export_files():
         path = Path(run_dir) / name
         if not name.endswith(".safetensors") or not path.is_file():
             continue
@@ -168,7 +170,7 @@ def verify_weights(run_dir: Path, family: str, models: dict | None = None) -> No
             raise ConfigError(f"{path} is damaged ({err}); it can be neither loaded nor published. "
                               "If the run's checkpoints are intact, `--resume latest` exports the model again") from None
         folder = Path(name).parts[0] if len(Path(name).parts) > 1 else None
-        model = models.get(folder) if folder else (next(iter(models.values())) if len(models) == 1 else None)
+        model = models.get(folder) if folder else models.get(cls.hub_root) if cls.hub_root else (next(iter(models.values())) if len(models) == 1 else None)
         if model is None:
             continue
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError
 from .families import Family
-from .hub import check_repo_id, source_file, write_atomically
+from .hub import MODEL_LICENSE, check_repo_id, hub_dataset, source_file, write_atomically
 
 FORMATS = ("save_to_disk", "imagefolder", "parquet")
 INFO_FILE = "genkit_generation.json"
@@ -63,11 +63,13 @@ def _png(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def generation_info(family: Family, source: str, n: int, seed: int, class_label: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    """What made the data set: the run, sampler settings, seed and where the labels came from."""
+def generation_info(family: Family, source: str, n: int, seed: int, class_label: str | None, options: dict[str, Any],
+                    source_model: str | None = None) -> dict[str, Any]:
+    """What made the data set: the run (its Hub id when it has one), what it was trained on, sampler settings, seed and labels."""
     diffusion = family.name == "diffusion"
     return {
-        "generated_by": "genkit", "run": source, "family": family.name, "num_images": n, "seed": seed,
+        "generated_by": "genkit", "run": source, "source_model": source_model, "trained_on": hub_dataset(family.config.data.source),
+        "family": family.name, "num_images": n, "seed": seed,
         "scheduler": options.get("scheduler") or (family.sampler if diffusion else None),
         "steps": options.get("steps") or (family.option("sample_steps") if diffusion else None),
         "guidance_scale": options.get("guidance_scale") if options.get("guidance_scale") is not None else
@@ -80,15 +82,17 @@ def generation_info(family: Family, source: str, n: int, seed: int, class_label:
 
 
 def export(family: Family, out: str | Path, n: int, fmt: str = "save_to_disk", seed: int = 0, batch_size: int = 250,
-           class_label: str | None = None, source: str = "", progress: bool = True, **options: Any) -> dict[str, Any]:
-    """Generate `n` labelled images into `out` as a `datasets` data set (split `train`); returns the generation info."""
+           class_label: str | None = None, source: str = "", progress: bool = True, source_model: str | None = None, **options: Any) -> dict[str, Any]:
+    """Generate `n` labelled images into `out` as a `datasets` data set (split `train`); returns the generation info.
+
+    `source`: the run's name for the card (no local path); `source_model`: its Hub id, when it has one (linked in the card)."""
     out = Path(out)
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not 1 <= n <= MAX_IMAGES:
         raise ConfigError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
     plan_labels(family, 1, class_label)  # a wrong class label fails before any work
-    info = generation_info(family, source, n, seed, class_label, options)
+    info = generation_info(family, source, n, seed, class_label, options, source_model)
     names = family.info.class_names
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     batches = generate_batches(family, n, seed, batch_size, class_label, progress, **options)
@@ -138,8 +142,10 @@ def dataset_card(info: dict[str, Any], fmt: str) -> str:
     """README.md for the data set: YAML metadata (features, class names, the parquet split for the Hub) and provenance."""
     import yaml
 
-    meta: dict[str, Any] = {"tags": ["genkit", "synthetic", info["family"]], "task_categories": ["image-classification"],
+    meta: dict[str, Any] = {"license": MODEL_LICENSE, "tags": ["genkit", "synthetic", info["family"]], "task_categories": ["image-classification"],
                             "size_categories": [_size_category(info["num_images"])]}
+    if info.get("trained_on"):
+        meta["source_datasets"] = [info["trained_on"]]  # what the generating model learnt from
     if fmt == "parquet":
         meta["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": "train-*.parquet"}]}]
         meta["dataset_info"] = {"features": [{"name": "image", "dtype": "image"},
@@ -147,8 +153,17 @@ def dataset_card(info: dict[str, Any], fmt: str) -> str:
     settings = "\n".join(f"| {k} | {v} |" for k, v in info.items() if k != "class_names" and v is not None)
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# Synthetic images from a genkit {info['family']} model\n\n"
             f"{info['num_images']} generated {info['image_size']}x{info['image_size']} images with labels "
-            f"({', '.join(info['class_names'])}). Labels were {info['labels']}.\n\n| setting | value |\n|---|---|\n{settings}\n\n"
+            f"({', '.join(info['class_names'])}). Labels were {info['labels']}.\n\n{provenance(info)}\n\n| setting | value |\n|---|---|\n{settings}\n\n"
             "Load it with `datasets` and train on it with `genkit train --set data.source=THIS_FOLDER` (or the Hub id).\n")
+
+
+def provenance(info: dict[str, Any]) -> str:
+    """The card's source paragraph: the generating model (linked when on the Hub), its training data, and the license."""
+    model = f"[{info['source_model']}](https://huggingface.co/{info['source_model']})" if info.get("source_model") else \
+        f"the local run `{info['run']}` (not on the Hub)"
+    data = f", trained on [{info['trained_on']}](https://huggingface.co/datasets/{info['trained_on']})" if info.get("trained_on") else ""
+    return (f"**Source model**: {model}{data}. **License**: {MODEL_LICENSE}, as the model's card; the images are derived from a model "
+            "trained on that data set, so its own terms apply as well.")
 
 
 def _size_category(n: int) -> str:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from PIL import Image
 
 from .config import ConfigError, TrainConfig
@@ -22,6 +23,20 @@ PRECISIONS = ["no", "fp16", "bf16"]
 
 
 def resolve_mixed_precision(config: TrainConfig, resumed_run: Path | None = None) -> str:
+    """The precision the run really trains in: what `requested_precision` says, except fp16 on the CPU, which is `no`.
+
+    accelerate silently trains fp16 runs in fp32 on the CPU (no autocast, no loss scaler there); the run records what ran.
+    """
+    value = requested_precision(config, resumed_run)
+    if value == "fp16" and PartialState().device.type == "cpu":
+        if PartialState().is_main_process:
+            print("genkit: mixed_precision=fp16 does not apply on the CPU (accelerate trains in fp32 there); training and recording "
+                  "mixed_precision=no (bf16 does apply on the CPU)", file=sys.stderr, flush=True)
+        return "no"
+    return value
+
+
+def requested_precision(config: TrainConfig, resumed_run: Path | None = None) -> str:
     """The config's mixed_precision, else the resumed run's, else the launcher's (ACCELERATE_MIXED_PRECISION), else no.
 
     `accelerate launch` passes its `--mixed_precision` (or the `accelerate config` file's) on in that variable.
@@ -70,6 +85,34 @@ def available_trackers(config: TrainConfig) -> list[str]:
 def tracker_init_kwargs(run_dir: Path) -> dict[str, dict]:
     """Per-tracker start options: the run's name, and no dashboard pop-up from trackio."""
     return {"trackio": {"name": run_dir.name, "embed": False}, "wandb": {"name": run_dir.name}}
+
+
+# What usually makes a tracker fail to start, and the fix (the error itself is quoted too)
+TRACKER_FIXES = {
+    "mlflow": "give mlflow a tracking store, e.g. MLFLOW_TRACKING_URI=sqlite:///mlflow.db (a database file) or the URL of an mlflow server",
+    "wandb": "log in with `wandb login` (or WANDB_API_KEY=...), or set WANDB_MODE=offline",
+    "comet_ml": "set COMET_API_KEY, or COMET_MODE=offline",
+    "clearml": "run `clearml-init` (or set CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY)",
+    "aim": "point aim at a writable repository (`aim init` in the run's folder)",
+}
+
+
+def start_trackers(accelerator: Accelerator, run_dir: Path, config: dict) -> None:
+    """accelerator.init_trackers, with a tracker that fails to start (no login, no store, no server) named in one line with its fix."""
+    try:
+        accelerator.init_trackers("genkit", config=config, init_kwargs=tracker_init_kwargs(run_dir))
+    except Exception as err:
+        names = [str(t) for t in accelerator.log_with]
+        name = names[min(len(accelerator.trackers), len(names) - 1)] if names else "the tracker"
+        for tracker in accelerator.trackers:  # the ones that did start
+            try:
+                tracker.finish()
+            except Exception:
+                pass
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        fix = TRACKER_FIXES.get(name, f"check {name}'s own set-up")
+        raise ConfigError(f"log_with: {name} failed to start ({type(err).__name__}: {reason}); {fix}; or train without it: "
+                          f"--set log_with={','.join(n for n in names if n != name) or 'none'}") from None
 
 
 def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None:

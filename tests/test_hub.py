@@ -56,7 +56,7 @@ def test_push_uploads_exactly_the_model_files_and_card(ae_run, monkeypatch, caps
     assert hub.files == ["README.md", "config.json", "data_info.json", "loss_curve.png", "metrics.json", "model.safetensors",
                          "samples.png", "training_config.json"]
     meta = front_matter(hub.card)
-    assert meta["library_name"] == "genkit" and meta["pipeline_tag"] == "image-to-image" and meta["datasets"] == ["ylecun/mnist"]
+    assert "library_name" not in meta and meta["pipeline_tag"] == "image-to-image" and meta["datasets"] == ["ylecun/mnist"]
     assert "autoencoder" in meta["tags"] and "![samples](samples.png)" in hub.card and "base_model" not in meta
     assert "## Metrics" in hub.card and 'MLPAutoencoder.from_pretrained("someone/genkit-ae")' in hub.card
     assert "optimizer" not in " ".join(hub.files) and "checkpoints" not in " ".join(hub.files)
@@ -175,13 +175,49 @@ def test_distribution_name_is_not_googles_genkit():
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert project["name"] == "hf-genkit" and project["scripts"] == {"genkit": "genkit.cli:main"}
-    from genkit.hub import INSTALL, space_card
+    from genkit.hub import INSTALL, ON_PYPI, space_card
 
     names = ["README.md", "spaces/README.md", "spaces/requirements.txt", *sorted(p.relative_to(root).as_posix() for p in (root / "docs").glob("*.md"))]
     texts = [(root / name).read_text() for name in names]
     for text in [*texts, INSTALL, space_card("someone/space", [], True)]:
         assert not re.search(r"(?m)^\s*pip install (-U )?[\"']?genkit\b(?!-)", text), text[:200]  # warnings about it may quote it
-    assert INSTALL.startswith("pip install hf-genkit")
+    # until hf-genkit is uploaded, nothing genkit writes tells anyone to install it by name (anyone could take the name)
+    assert ON_PYPI or not re.search(r"pip install [\"']?hf-genkit", INSTALL + space_card("someone/space", [], True))
+
+
+def test_cards_say_what_loading_needs_the_task_and_where_the_model_came_from(family_runs, tiny_idx, tmp_path):
+    from genkit.hub import model_card, requirement
+
+    cards = {name: model_card(run, f"someone/{name}") for name, run in family_runs.items()}
+    metas = {name: front_matter(card) for name, card in cards.items()}
+    for name, card in cards.items():
+        install = re.search(r"```bash\n(.*?)```", card, re.S).group(1)
+        assert not re.search(r"pip install [\"']?hf-genkit", card), name  # not on PyPI yet: nobody is told to install that name
+        if name.startswith("diffusion"):  # a pipeline needs torch and diffusers, in the range genkit declares
+            assert install.startswith(f'pip install torch "{requirement("diffusers")}"') and metas[name]["library_name"] == "diffusers", name
+        else:  # genkit's PyTorchModelHubMixin modules: no made-up library name; genkit itself, from source
+            assert "library_name" not in metas[name] and "pytorch_model_hub_mixin" in metas[name]["tags"], name
+            assert "not on PyPI yet" in install and "source checkout" in install, name
+    assert "genkit" not in re.search(r"```bash\n(.*?)```", cards["diffusion-conditional"], re.S).group(1).split("#")[0]
+    # class-conditional generators are not unconditional ones (the Hub has no task of their own)
+    assert metas["diffusion-conditional"]["pipeline_tag"] == metas["gan"]["pipeline_tag"] == "other"
+    assert metas["vae"]["pipeline_tag"] == metas["diffusion-flow"]["pipeline_tag"] == "unconditional-image-generation"
+    # the snippet samples with the run's own sampler, steps and guidance
+    run = tmp_path / "cond"
+    shutil.copytree(family_runs["diffusion-conditional"], run)
+    config = json.loads((run / "training_config.json").read_text())
+    config["model"].update(sampler="euler", sample_steps=8, guidance_scale=1.5)
+    (run / "training_config.json").write_text(json.dumps(config))
+    assert "class_labels=[0, 1, 2, 3], guidance_scale=1.5, num_inference_steps=8).images  # the run's own sampler (euler)" in model_card(run, "a/b")
+    # a latent run names its autoencoder, linked once that is on the Hub
+    train(tiny_config(tiny_idx, tmp_path / "ae", model={"hidden_dims": [32, 16]}, max_steps=2))
+    train(tiny_config(tiny_idx, tmp_path / "ldm", family="diffusion", model={"preset": "tiny", "sample_steps": 2, "autoencoder": str(tmp_path / "ae")},
+                      data={"value_range": "-1,1"}, num_samples=4, max_steps=2, eval_every=2, checkpoint_every=2))
+    assert "the latent codes of the autoencoder a local run (`ae`) that is not on the Hub" in model_card(tmp_path / "ldm", "a/ldm")
+    (tmp_path / "ae" / "hub.json").write_text(json.dumps({"repo_id": "someone/genkit-ae"}))
+    card = model_card(tmp_path / "ldm", "a/ldm")
+    assert "the latent codes of the autoencoder [someone/genkit-ae](https://huggingface.co/someone/genkit-ae)" in card
+    assert "latent-diffusion" in front_matter(card)["tags"]
 
 
 def test_push_errors_are_readable(tmp_path, capsys):
@@ -326,8 +362,14 @@ def test_card_snippet_runs_against_the_uploaded_folder(family_runs, name, tmp_pa
     out = scope.get("images", scope.get("reconstructions"))
     count = len(out)
     assert count == (8 if name in ("gan", "vae", "rbm") else 4), name
-    if name == "gan":  # the Hub's download counter counts the root config.json; Generator.from_pretrained(id) reads it
+    if name == "gan":  # the generator once, at the root (Generator.from_pretrained(id); the Hub counts the root config.json)
         assert (folder / "config.json").read_bytes() == (family_runs["gan"] / "generator" / "config.json").read_bytes()
+        assert not (folder / "generator").exists() and (folder / "discriminator" / "model.safetensors").is_file()
+        from genkit.runs import load_family
+
+        loaded = load_family(str(folder))  # genkit's loader takes the published layout too
+        assert {k: v.shape for k, v in loaded.models["generator"].state_dict().items()} == \
+            {k: v.shape for k, v in load_family(str(family_runs["gan"])).models["generator"].state_dict().items()}
         assert out.shape == (8, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
 
 

@@ -130,6 +130,15 @@ def test_push_dataset_offline(cgan, tmp_path, monkeypatch, capsys):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["configs"][0]["data_files"][0]["path"] == "train-*.parquet"
     assert meta["dataset_info"]["features"][1]["dtype"]["class_label"]["names"][0] == "T-shirt/top"
+    # provenance: the license, the generating model (a local run here: named, not linked) and what it learnt from
+    assert meta["license"] == "apache-2.0" and meta["source_datasets"] == ["zalando-datasets/fashion_mnist"]
+    assert "**Source model**: the local run `cgan` (not on the Hub), trained on [zalando-datasets/fashion_mnist]" in card
+    from genkit.synthetic import dataset_card
+
+    info = json.loads((tmp_path / "pq" / "genkit_generation.json").read_text())
+    assert info["source_model"] is None and info["trained_on"] == "zalando-datasets/fashion_mnist"
+    linked = dataset_card({**info, "source_model": "someone/cgan"}, "parquet")
+    assert "**Source model**: [someone/cgan](https://huggingface.co/someone/cgan), trained on" in linked
     assert main(["generate", str(cgan), "--n", "5", "--out", str(tmp_path / "x"), "--format", "imagefolder", "--push-to-hub", "a/b"]) == 2
 
 

@@ -84,3 +84,52 @@ def test_trackio_gets_scalars_sample_grids_and_the_loss_curve(tiny_idx, tmp_path
     for image in images.values():
         assert image["_type"] == "trackio.image"
         assert (tmp_path / "trackio" / "media" / image["file_path"]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_mixed_precision_no_reads_as_no_and_fp16_on_the_cpu_records_what_ran(tiny_idx, tmp_path, capfd):
+    from accelerate.state import AcceleratorState
+
+    assert TrainConfig.from_dict({}).with_overrides(["mixed_precision=no", "log_with=no"]).mixed_precision == "no"  # YAML 1.1: no -> False
+    (tmp_path / "c.yaml").write_text("mixed_precision: no\nlog_with: off\n")
+    assert (TrainConfig.load(tmp_path / "c.yaml").mixed_precision, TrainConfig.load(tmp_path / "c.yaml").log_with) == ("no", "none")
+    with pytest.raises(ConfigError, match="mixed_precision must be"):
+        TrainConfig.from_dict({"mixed_precision": True})
+    capfd.readouterr()
+    train(tiny_config(tiny_idx, tmp_path / "fp16", max_steps=2, eval_every=2, checkpoint_every=2, mixed_precision="fp16"))
+    warning = [line for line in capfd.readouterr().err.splitlines() if "fp16" in line]
+    assert len(warning) == 1 and "does not apply on the CPU" in warning[0] and "mixed_precision=no" in warning[0]
+    assert AcceleratorState().mixed_precision == "no" and saved_precision(tmp_path / "fp16") == "no"  # what accelerate really ran
+    config = tiny_config(tiny_idx, tmp_path / "fp16", max_steps=3, eval_every=2, checkpoint_every=2, mixed_precision="fp16")
+    train(config, resume="latest")  # the same fp16 config resumes on the CPU (no loss-scaler state was ever needed)
+    assert saved_precision(tmp_path / "fp16") == "no"
+
+
+class FailingTracker:
+    """Stands in for a tracker whose start-up fails (mlflow without a usable store, wandb without a login)."""
+
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("the tracking store at ./mlruns cannot be used\nsecond line of detail")
+
+
+def test_a_tracker_that_fails_to_start_is_one_line_with_its_fix_and_leaves_no_run(tiny_idx, tmp_path, monkeypatch):
+    import accelerate.accelerator
+    import accelerate.tracking
+
+    from genkit.cli import main
+
+    monkeypatch.setitem(accelerate.accelerator.LOGGER_TYPE_TO_CLASS, "mlflow", FailingTracker)
+    from accelerate.utils import LoggerType
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [LoggerType.TENSORBOARD, LoggerType.MLFLOW])
+    with pytest.raises(ConfigError) as failed:
+        train(tiny_config(tiny_idx, tmp_path / "run", log_with="tensorboard,mlflow", max_steps=2))
+    message = str(failed.value)
+    assert "\n" not in message and "mlflow failed to start" in message and "MLFLOW_TRACKING_URI=sqlite:///mlflow.db" in message
+    assert "--set log_with=tensorboard" in message
+    assert not (tmp_path / "run" / "training_config.json").exists()  # nothing saved: the same command runs once the store is fixed
+    config = tmp_path / "c.yaml"
+    tiny_config(tiny_idx, tmp_path / "cli", log_with="mlflow", max_steps=2).save(config)
+    assert main(["train", "--config", str(config)]) == 2  # the CLI prints it as one line, no traceback

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, DataConfig
+from ..extras import require
 
 SPACES = ("classifier", "inception", "dinov2", "clip")
 DEFAULT_MODELS = {"dinov2": "facebook/dinov2-large", "clip": "openai/clip-vit-base-patch32"}
@@ -57,13 +58,10 @@ class InceptionSpace(FeatureSpace):
     """Inception-v3 pool3 features (2048-d), torch-fidelity's extractor."""
 
     def __init__(self, weights: Path, device: str | torch.device):
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError:
-            raise ConfigError("Inception features need torch-fidelity: pip install 'genkit[metrics]'") from None
+        inception = require("torch_fidelity.feature_extractor_inceptionv3", "metrics", "the inception feature space")
         try:
             torch.load(weights, map_location="cpu", weights_only=True)  # a plain state dict, checked before torch-fidelity unpickles it
-            model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+            model = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
         except Exception as err:
             raise ConfigError(f"{weights} holds no Inception-v3 weights for torch-fidelity ({type(err).__name__})") from None
         super().__init__("inception", model.to(device), f"Inception-v3 pool3, 2048-d, {weights.name}; resized to 299 (TF1 bilinear)", 50)
@@ -77,11 +75,10 @@ class TransformersSpace(FeatureSpace):
     """DINOv2's CLS token (`pooler_output`) or CLIP's image embedding, through the model's own image processor."""
 
     def __init__(self, name: str, source: str, device: str | torch.device):
-        from transformers import AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
-
-        loader = CLIPVisionModelWithProjection if name == "clip" else AutoModel
+        transformers = require("transformers", "metrics", f"the {name} feature space")
+        loader = transformers.CLIPVisionModelWithProjection if name == "clip" else transformers.AutoModel
         try:
-            self.processor = AutoImageProcessor.from_pretrained(source)
+            self.processor = transformers.AutoImageProcessor.from_pretrained(source)
             model = loader.from_pretrained(source)
         except (OSError, ValueError) as err:
             raise ConfigError(missing_model(name, source)) from err

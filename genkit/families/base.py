@@ -170,14 +170,29 @@ class Family:
     @classmethod
     def export_files(cls) -> list[str]:
         """Every file `save` may write (the required ones and optional extras): what is published and downloaded."""
-        return cls.required_files()
+        names = cls.required_files()
+        return [*names, *(cls.published_name(name) for name in names if cls.published_name(name) != name)]
+
+    # A part published at the repo root instead of its folder (one copy), so the stock `Class.from_pretrained(repo_id)` loads it
+    hub_root: str | None = None
+
+    @classmethod
+    def published_name(cls, name: str) -> str:
+        """Where a run file goes in a published repo: the hub_root part's folder moves to the root, the rest stays."""
+        prefix = f"{cls.hub_root}/"
+        return name[len(prefix):] if cls.hub_root and name.startswith(prefix) else name
 
     @classmethod
     def load_models(cls, directory: str | Path) -> dict[str, nn.Module]:
-        """Read back what `save` wrote."""
+        """Read back what `save` wrote (or a published repo, whose hub_root part is at the root)."""
         directory = Path(directory)
         single = len(cls.model_classes) == 1
-        return {part: klass.from_pretrained(str(directory if single else directory / part)) for part, klass in cls.model_classes.items()}
+
+        def folder(part: str) -> Path:
+            published = part == cls.hub_root and not (directory / part).is_dir()
+            return directory if single or published else directory / part
+
+        return {part: klass.from_pretrained(str(folder(part))) for part, klass in cls.model_classes.items()}
 
 
 def save_without_card(model: nn.Module, directory: str | Path) -> None:

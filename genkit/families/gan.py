@@ -117,6 +117,7 @@ class GANFamily(Family):
 
     name = "gan"
     model_classes = {"discriminator": Discriminator, "generator": Generator}
+    hub_root = "generator"  # pushed once, at the root: Generator.from_pretrained(repo_id); the Hub counts downloads of the root config.json
     parts = ("discriminator", "generator")
     ema_part = "generator"
 
