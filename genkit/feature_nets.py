@@ -52,7 +52,7 @@ BY_SOURCE = {info.source: name for name, info in NETWORKS.items()}
 
 
 class FeatureNet(nn.Module):
-    """Three conv blocks, global average pooling and a 64-d feature layer; `features` is the embedding scores use."""
+    """Three conv blocks (28 -> 14 -> 7 -> 3 pixels) and a 64-d feature layer; `features` is the embedding scores use."""
 
     def __init__(self, width: int = 16, num_features: int = 64, num_classes: int = 10):
         super().__init__()
@@ -60,8 +60,8 @@ class FeatureNet(nn.Module):
         self.body = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_features), nn.ReLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(4 * width * 3 * 3, num_features), nn.ReLU(),
         )
         self.head = nn.Linear(num_features, num_classes)
 

@@ -98,7 +98,8 @@ def cached_repo_id(path: Path) -> str | None:
 
 
 GENERATION_KEYS = ("fd", "kid", "precision", "recall", "density", "coverage")  # genkit's space: named with the network on cards
-PROTOCOL_KEYS = ("num_samples", "reference_split", "reference_selection", "feature_network", "sampler", "nfe", "guidance", "seed", "train_cpu_seconds")
+PROTOCOL_KEYS = ("num_samples", "reference_split", "reference_selection", "feature_network", "sampler", "nfe", "guidance", "seed",
+                 "train_cpu_seconds")
 
 
 def metric_label(key: str, network: str | None) -> str:
@@ -132,7 +133,8 @@ def eval_results(run_dir: Path, config: TrainConfig, dataset: str | None, task: 
         if not (isinstance(value, float) and math.isfinite(value)):  # metrics, not counts or flags
             continue
         label = metric_label(key, network)
-        args = {k: protocol[k] for k in PROTOCOL_KEYS if protocol.get(k) is not None} if label != key or key.startswith(("inception_", "dinov2_", "clip_")) else None
+        generation = label != key or key.startswith(("inception_", "dinov2_", "clip_"))
+        args = {k: protocol[k] for k in PROTOCOL_KEYS if protocol.get(k) is not None} if generation else None
         results.append(EvalResult(task_type=task, dataset_type=name, dataset_name=name, dataset_split=split, metric_type=label, metric_name=label,
                                   metric_value=value, metric_args=args or None))
     return results
@@ -143,7 +145,8 @@ def protocol_line(results: list[EvalResult]) -> str:
     args = next((r.metric_args for r in results if r.metric_args), None)
     if not args:
         return ""
-    words = {"num_samples": "N", "reference_split": "reference split", "feature_network": "feature network", "nfe": "NFE", "train_cpu_seconds": "training CPU s"}
+    words = {"num_samples": "N", "reference_split": "reference split", "feature_network": "feature network", "nfe": "NFE",
+             "train_cpu_seconds": "training CPU s"}
     return "Protocol of the generation scores: " + ", ".join(f"{words.get(k, k.replace('_', ' '))} {v}" for k, v in args.items()) + "."
 
 
@@ -178,7 +181,8 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     if (run_dir / "samples.png").is_file():
         sections.append("![samples](samples.png)")
     if rows:
-        sections.append(f"## Metrics\n\nOn the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}\n\n{protocol_line(results)}".rstrip())
+        table = f"On the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}"
+        sections.append(f"## Metrics\n\n{table}\n\n{protocol_line(results)}".rstrip())
     snippet = usage(run_dir, family, repo_id, conditional, not stock)
     sections.append(f"## Usage\n\n```bash\n{install_block(family, not stock)}\n```\n\n```python\n{snippet}\n```")
     sections.append(f"## Training config\n\n```yaml\n{yaml.safe_dump(config.to_dict(), sort_keys=False)}```\n\nTrained with "

@@ -7,7 +7,7 @@ Recipe (what made the features generalise, so that training images score like un
 - a held-out split: the last 5,000 training images are never trained on; they pick nothing, they only measure;
 - augmentation: every batch is moved by a random affine map (rotation +-12 deg, scale 0.9-1.1, shift +-2.5 px, shear
   +-8 deg), so the network cannot learn individual training images (without it, train-vs-test FD was 7x test-vs-test);
-- a small network (FeatureNet: 16-32-64 conv channels, global average pooling, 64-d features), weight decay, AdamW with
+- a small network (FeatureNet: 16-32-64 conv channels down to 3x3, a 64-d feature layer, ~60k weights), weight decay, AdamW with
   a one-cycle learning rate, one CPU thread and deterministic algorithms, so the same seed gives the same file.
 The script prints the file's sha256 and the line to put into genkit/feature_nets.py's NETWORKS, and measures the
 train-vs-test and test-vs-test Fréchet distances at N = 1,000 (seeded shuffles of each split).

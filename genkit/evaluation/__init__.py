@@ -1,10 +1,10 @@
 """Offline-first evaluation of genkit runs.
 
 Generative models are scored in the feature space of the frozen network genkit ships for the data set (offline, the
-default, the same on every machine: `genkit-mnist-v1`, `genkit-fashion-mnist-v1`; a machine-local classifier for data
-sets without one) and, on request, in the pretrained spaces the field reports (Inception-v3, DINOv2, CLIP): FD (FID in
-Inception space), KID, precision / recall / density / coverage, each beside two floors, with the protocol beside them. Autoencoders, VAEs and RBMs also get their
-reconstruction and likelihood scores; conditional models the Classification Accuracy Score.
+default, the same on every machine: `genkit-mnist-v1`, `genkit-fashion-mnist-v1`; a machine-local classifier for
+data sets without one) and, on request, in the pretrained spaces the field reports (Inception-v3, DINOv2, CLIP): FD
+(FID in Inception space), KID, precision / recall / density / coverage, each beside two floors, with the protocol
+beside them. Autoencoders, VAEs and RBMs also get their reconstruction and likelihood scores; conditional models the Classification Accuracy Score.
 
 One module per concern: `reference` (the real image sets), `features` (the spaces), `feature_cache`, `distances`
 (FD, KID, CMMD), `manifold` (precision, recall, density, coverage), `generation`, `likelihood`, `cas`.
@@ -29,7 +29,8 @@ from .reference import real_images, real_pair, reference_sets, reference_split, 
 __all__ = [
     "FeatureSpace", "SPACES", "class_accuracy", "classification_accuracy_score", "classifier_data_config", "cmmd", "density_coverage",
     "evaluate_generation", "evaluate_likelihood", "evaluate_rbm_likelihood", "evaluate_reconstruction", "evaluate_run", "feature_distances",
-    "feature_space", "fd_kid", "frechet_distance", "kernel_distance", "floors", "get_classifier", "load_spaces", "parse_spaces", "prdc", "precision_recall", "protocol", "run_protocol", "real_images", "real_pair",
+    "feature_space", "fd_kid", "frechet_distance", "kernel_distance", "floors", "get_classifier", "load_spaces", "parse_spaces", "prdc",
+    "precision_recall", "protocol", "run_protocol", "real_images", "real_pair",
     "reference_sets", "reference_split", "save_image_tensors", "to_unit", "train_and_test_classifier", "training_images",
 ]
 

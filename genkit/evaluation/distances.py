@@ -53,7 +53,8 @@ def _polynomial_mmd(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2 * kxy.mean())
 
 
-def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> tuple[float, float]:
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+                    seed: int = 0) -> tuple[float, float]:
     """KID (unbiased MMD^2, cubic kernel): mean and std over `subsets` seeded subsets of min(subset_size, N) images per set.
 
     At N <= subset_size every subset is the whole set, so the score is the exact unbiased estimate (std 0), as in clean-fid.
