@@ -82,7 +82,7 @@ def table(rows: list[dict], plan: dict, quick: bool, out: Path) -> str:
     """The markdown section: how it was made, then one row per run with its protocol columns."""
     head = ("| run | data set | config | budget (CPU s) | steps | train CPU s | N | reference | feature network | sampler | NFE | guidance | seed "
             "| FD | FD test floor | FD train floor | KID | precision | recall | density | coverage | class acc | grid |")
-    lines = [BEGIN, "", f"## Every family, MNIST and Fashion-MNIST{' (quick smoke run)' if quick else ''}", "",
+    lines = [BEGIN, "", "## Every family, MNIST and Fashion-MNIST", "",
              f"Made by `python benchmarks/results.py{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d')}: each shipped config trained "
              f"for at most {plan['budget']} CPU seconds on one thread (the config's epochs when sooner), scored on {plan['num_samples']:,} samples "
              "against as many test images drawn by a seeded shuffle, in the data set's shipped feature network. FD is the Fréchet "

@@ -89,6 +89,18 @@ def test_eval_command_on_a_diffusion_run(tiny_idx, tmp_path, cache, capsys):
     assert result["feature_network"] == "genkit-mnist-v1" and result["sampler"] == "ddim" and result["nfe"] == 2 and result["seed"] == 0
     assert result["guidance"] > 0 and result["reference_selection"].startswith("seeded shuffle") and "machine_local" not in result
     assert json.loads((tmp_path / "run" / "eval_results.json").read_text()) == result
+    from huggingface_hub import ModelCard
+
+    from genkit.hub import model_card
+
+    card = model_card(tmp_path / "run", "someone/diffusion")  # model-index: named with the network, never FID; the protocol beside it
+    scores = {r.metric_type: r for r in ModelCard(card).data.eval_results}
+    fd = scores["FD_genkit-mnist-v1"]
+    assert fd.metric_value == pytest.approx(result["fd"]) and "KID_genkit-mnist-v1" in scores and "FD_genkit-mnist-v1_test_floor" in scores
+    assert not any("fid" in key.lower() for key in scores)
+    assert fd.metric_args["num_samples"] == 32 and fd.metric_args["feature_network"] == "genkit-mnist-v1" and fd.metric_args["sampler"] == "ddim"
+    assert fd.metric_args["nfe"] == 2 and fd.metric_args["seed"] == 0 and fd.metric_args["train_cpu_seconds"] > 0
+    assert "Protocol of the generation scores: N 32, reference split test" in card
     assert main(["sample", str(tmp_path / "run"), "--n", "4", "--steps", "2", "--class-label", "3", "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").is_file()
     assert main(["sample", str(tmp_path / "run"), "--class-label", "cat"]) == 2

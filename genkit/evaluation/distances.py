@@ -73,9 +73,13 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = KID_S
 
 @torch.no_grad()
 def fd_kid(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    """Fréchet distance and KID (mean and std over seeded subsets) between two feature sets (N, D), float64 throughout."""
-    kid, kid_std = kernel_distance(real, fake)
-    return {"fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std}
+    """Fréchet distance and KID (mean and std over seeded subsets) between two feature sets (N, D), float64 throughout,
+    on one thread (the same bits whatever the machine's thread count)."""
+    from ..feature_nets import one_thread
+
+    with one_thread():
+        kid, kid_std = kernel_distance(real, fake)
+        return {"fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std}
 
 
 def _mean_kernel(a: torch.Tensor, b: torch.Tensor, gamma: float, chunk: int = 2048) -> float:
