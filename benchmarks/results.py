@@ -61,7 +61,7 @@ def run_one(config: str, dataset: str, plan: dict, args: argparse.Namespace, wor
         scores = json.loads(scores_file.read_text())
     grid = grids / f"{name}.png"
     if not grid.is_file():
-        conditional = "cgan" in config or "conditional" in config  # two images of every class
+        conditional = config.startswith("cgan") or config.endswith("_conditional")  # two images of every class
         genkit("sample", str(run), "--n", "20" if conditional else "16", *(["--class-label", "all"] if conditional else []), "--out", str(grid),
                "--device", "cpu")
     final = json.loads((run / "metrics.json").read_text())["final"]
