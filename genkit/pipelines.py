@@ -34,6 +34,8 @@ from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+# the diffusers releases this file is tested with (tests/test_diffusers_range.py), oldest and newest; pyproject's floor
+DIFFUSERS_TESTED = ("0.32.0", "0.42.1")
 X0_MODES = ("none", "clip", "dynamic")
 # what the UNet predicts -> the noising path it was trained on, which decides the schedulers that can sample it:
 # "ddpm": x_t = sqrt(a) x0 + sqrt(1 - a) noise (schedulers with alphas_cumprod); "flow": x_t = (1 - s) x0 + s noise, the
@@ -217,11 +219,12 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
 
     @classmethod
     def _get_signature_types(cls) -> Dict[str, tuple]:
-        """Diffusers' expected component types (its load and `from_pipe` checks), with every `LatentDecoder` class: diffusers
-        >= 0.35 executes this file again when it loads `decoder/pipeline.py`, so the loaded decoder's class is a new
-        `LatentDecoder`, not the one beside this class."""
+        """Diffusers' expected component types (its load and `from_pipe` checks) with any decoder: diffusers >= 0.35 executes
+        this file again when it loads `decoder/pipeline.py`, after it has read these types, so the loaded decoder's class is
+        a new `LatentDecoder`, not the one beside this class. The load check takes subclasses (ModelMixin), `from_pipe`
+        wants the exact class (every `LatentDecoder` there is)."""
         types = dict(super()._get_signature_types())
-        types["decoder"] = (*{c for c in ModelMixin.__subclasses__() if c.__name__ == "LatentDecoder"}, type(None))
+        types["decoder"] = (ModelMixin, *{c for c in ModelMixin.__subclasses__() if c.__name__ == "LatentDecoder"}, type(None))
         return types
 
     @property
