@@ -291,13 +291,16 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
             if self.null_label is None:
                 raise ValueError("this model is unconditional: leave class_labels unset")
             labels = self.labels_to_ids(class_labels)
-        given = [("batch_size", batch_size), ("class_labels", None if labels is None else len(labels)), *counts]
-        sizes = {n for _, n in given if n is not None and n != 1} or {1 if batch_size is None else batch_size}
+        given = [("class_labels", None if labels is None else len(labels)), *counts]
+        sizes = {n for _, n in given if n is not None and n != 1}  # one label or image stands for any batch
+        if batch_size is not None:
+            given.insert(0, ("batch_size", batch_size))
+            sizes.add(batch_size)
         if len(sizes) > 1:
             told = ", ".join(f"{name}: {n}" for name, n in given if n is not None)
             raise ValueError(f"the inputs disagree on the number of images ({told}): give one label (and one image) per image, or a "
                              "single one for the whole batch")
-        size = sizes.pop()
+        size = sizes.pop() if sizes else 1
         if labels is None and self.null_label is not None:
             labels = torch.full((size,), self.null_label, dtype=torch.long)
         elif labels is not None and len(labels) == 1:
