@@ -186,7 +186,11 @@ def requirement(name: str) -> str:
 def install_block(family: str) -> str:
     """What loading the artifact needs: torch + diffusers for a diffusion pipeline (its code travels with it); genkit for the rest."""
     if family == "diffusion":
-        return f'pip install torch "{requirement("diffusers")}"  # pipeline.py travels with the model: genkit itself is not needed'
+        from .pipelines import DIFFUSERS_TESTED  # the range tests/test_diffusers_range.py loads and samples the pipeline with
+
+        oldest, newest = DIFFUSERS_TESTED
+        return (f'pip install torch "{requirement("diffusers")}"  # pipeline.py travels with the model: genkit itself is not needed; '
+                f"tested with diffusers {oldest} to {newest}")
     return INSTALL
 
 

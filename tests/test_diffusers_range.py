@@ -23,6 +23,7 @@ from conftest import tiny_config
 from genkit.families.autoencoder import MLPAutoencoder
 from genkit.families.base import DataInfo
 from genkit.families.diffusion import PRESETS, DiffusionFamily, build_unet
+from genkit.hub import install_block
 from genkit.pipelines import DIFFUSERS_TESTED
 
 CACHE = Path.home() / ".cache" / "genkit-test-diffusers"
@@ -195,3 +196,4 @@ def test_the_stated_range_is_the_tested_one():
     for page in ["docs/diffusion.md", "docs/app-and-hub.md"]:
         text = (REPO / page).read_text()
         assert f"{oldest} to {newest}" in text, f"{page} does not state the tested range {oldest} to {newest}"
+    assert f"tested with diffusers {oldest} to {newest}" in install_block("diffusion")  # every diffusion card's install line
