@@ -11,9 +11,16 @@ import logging
 import os
 from pathlib import Path
 
-from genkit.space import build_demo, space_policy
+from genkit.space import build_demo
+from genkit.space.ui import space_policy as _space_policy
 
-demo = build_demo(os.environ.get("GENKIT_RUN"), space_policy(Path(__file__).with_name("space.json")))
+
+def space_policy():
+    """Space mode (the default here) unless GENKIT_SPACE=0; `space.json` beside this file holds the owner's defaults."""
+    return _space_policy(Path(__file__).with_name("space.json"))
+
+
+demo = build_demo(os.environ.get("GENKIT_RUN"), space_policy())
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")  # refusals: one line each
