@@ -34,9 +34,9 @@ def call(url: str, api: str, data: list) -> str:
 
 
 def sketchpad_id(module) -> int:
-    from genkit.space.inputs import BoundedSketchpad
+    import gradio as gr
 
-    return next(i for i, block in module.demo.blocks.items() if isinstance(block, BoundedSketchpad))
+    return next(i for i, block in module.demo.blocks.items() if isinstance(block, gr.Sketchpad))
 
 
 def test_sketch_layers_and_upload_lists_are_capped_before_decoding(space, tmp_path):

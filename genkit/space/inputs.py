@@ -103,17 +103,16 @@ class BlobStore(OrderedDict):
             self.popitem(last=False)
 
 
-class BoundedSketchpad(gr.Sketchpad):
-    """A Sketchpad whose uploads (`accept_blobs`) are bounded: a layer index below `max_layers`, each file checked from its
-    header, a bounded store; its layers are never decoded (the app reads the composite)."""
-
-    def __init__(self, *args, max_layers: int = 4, max_pixels: int = SKETCH_PIXELS, store_mb: float = 32, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.max_layers, self.max_pixels = max_layers, max_pixels
-        self.blob_storage = BlobStore(int(store_mb * 2**20), 64)
+def bound_sketchpad(sketch: gr.Sketchpad, max_layers: int = 4, max_pixels: int = SKETCH_PIXELS, store_mb: float = 32) -> gr.Sketchpad:
+    """Bound a Sketchpad's uploads (Gradio's `accept_blobs`): a layer index below `max_layers`, each file checked from its header,
+    a bounded store; its layers are never decoded (the app reads the composite). Patched on the instance: a subclass of a Gradio
+    component would make Gradio write a .pyi stub beside this module and need its own front-end name."""
+    sketch.max_layers, sketch.max_pixels = max_layers, max_pixels
+    sketch.blob_storage = BlobStore(int(store_mb * 2**20), 64)
+    accept, preprocess = sketch.accept_blobs, sketch.preprocess
 
     @server
-    def accept_blobs(self, data: AcceptBlobs):
+    def accept_blobs(data: AcceptBlobs):
         """Gradio's upload of one part of a drawing, refused before anything is allocated for an index or a file out of bounds."""
         fields = data.data
         kind, index = str(fields.get("type")), fields.get("index")
@@ -124,28 +123,31 @@ class BoundedSketchpad(gr.Sketchpad):
                 index = int(index)
             except (TypeError, ValueError):
                 raise refuse("A drawing layer needs an index.") from None
-            if not 0 <= index < self.max_layers:
-                raise refuse(f"A drawing has at most {self.max_layers} layers.")
+            if not 0 <= index < max_layers:
+                raise refuse(f"A drawing has at most {max_layers} layers.")
         if not data.files or len(data.files) != 1 or len(str(fields.get("id") or "")) > 64:
             raise refuse("One file per part of a drawing.")
-        if header_pixels(data.files[0][1]) > self.max_pixels:
-            raise refuse(f"A drawing has at most {self.max_pixels} pixels.")
-        return super().accept_blobs(data)
+        if header_pixels(data.files[0][1]) > max_pixels:
+            raise refuse(f"A drawing has at most {max_pixels} pixels.")
+        return accept(data)
 
-    def preprocess(self, payload):
+    def bounded_preprocess(payload):
         """Gradio's preprocessing without the layers (never used: the composite holds them) and within the pixel budget."""
         if payload is None:
             return None
         layers = getattr(payload, "layers", None) or []
-        if len(layers) > self.max_layers:
-            raise refuse(f"A drawing has at most {self.max_layers} layers; this one has {len(layers)}.")
-        cached = self.blob_storage.get(payload.id) if getattr(payload, "id", None) else None
+        if len(layers) > max_layers:
+            raise refuse(f"A drawing has at most {max_layers} layers; this one has {len(layers)}.")
+        cached = sketch.blob_storage.get(payload.id) if getattr(payload, "id", None) else None
         files = [cached.background, cached.composite] if cached is not None else [_file_source(payload.background), _file_source(payload.composite)]
-        if sum(header_pixels(f) for f in files if f) > self.max_pixels:
-            raise refuse(f"A drawing has at most {self.max_pixels} pixels in all.")
+        if sum(header_pixels(f) for f in files if f) > max_pixels:
+            raise refuse(f"A drawing has at most {max_pixels} pixels in all.")
         if cached is not None:
             cached.layers = []
-        return super().preprocess(payload.model_copy(update={"layers": []}))
+        return preprocess(payload.model_copy(update={"layers": []}))
+
+    sketch.accept_blobs, sketch.preprocess = accept_blobs, bounded_preprocess
+    return sketch
 
 
 def guard_input(component: gr.components.Component, max_files: int = 8) -> None:

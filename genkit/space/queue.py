@@ -81,8 +81,8 @@ class CallCost:
 class Lane:
     """Requests run `workers` at a time, in order; at most `max_waiting` wait, and only while their predicted wait fits."""
 
-    def __init__(self, name: str, workers: int, max_waiting: int, max_wait_seconds: float | None):
-        self.name, self.workers, self.max_waiting, self.max_wait = name, workers, max_waiting, max_wait_seconds
+    def __init__(self, name: str, workers: int, max_waiting: int, max_wait_seconds: float | None, clock: Callable[[], float] = time.monotonic):
+        self.name, self.workers, self.max_waiting, self.max_wait, self.clock = name, workers, max_waiting, max_wait_seconds, clock
         self._cond = threading.Condition()
         self._waiting: deque[list] = deque()  # [predicted seconds]
         self._running: dict[int, tuple[float, float]] = {}  # id -> (predicted seconds, start time)
@@ -90,7 +90,7 @@ class Lane:
     def predicted_wait(self, before: int | None = None) -> float:
         """Seconds until a worker is free for the request at position `before` in the waiting line (None: a new request)."""
         with self._cond:
-            now = time.monotonic()
+            now = self.clock()
             busy = [max(0.0, p - (now - start)) for p, start in self._running.values()]
             ahead = list(self._waiting)[: len(self._waiting) if before is None else before]
             return (sum(busy) + sum(t[0] for t in ahead)) / self.workers
@@ -115,7 +115,7 @@ class Lane:
                         report(position + 1, self.predicted_wait(position))
                     self._cond.wait(timeout=1.0)
                 self._waiting.popleft()
-                self._running[id(ticket)] = (predicted, time.monotonic())
+                self._running[id(ticket)] = (predicted, self.clock())
                 self._cond.notify_all()
         except BaseException:  # a visitor who left while waiting: out of the line
             with self._cond:
@@ -135,6 +135,12 @@ class Lane:
         """Requests waiting now."""
         with self._cond:
             return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Requests running now."""
+        with self._cond:
+            return len(self._running)
 
 
 class Budget:

@@ -14,7 +14,7 @@ from genkit.runs import default_device
 from genkit.safe_load import SourcePolicy
 from genkit.sampling import SCHEDULERS
 
-from .inputs import BoundedSketchpad, guard_input
+from .inputs import bound_sketchpad, guard_input
 from .limits import MAX_BODY_BYTES, MAX_UPLOAD_MB, BodyLimit
 from .routes import DEFAULT_IMAGES, MAX_IMAGES, SpaceApp, thread_budget
 
@@ -63,7 +63,7 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
                     with gr.Row():
                         # filepath: Gradio hands over the file undecoded; guard_input reads its size from the header first
                         upload = gr.Image(label="Upload", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="denoise-upload")
-                        sketch = BoundedSketchpad(label="…or draw", type="pil", image_mode="RGBA", max_layers=settings.max_layers)
+                        sketch = bound_sketchpad(gr.Sketchpad(label="…or draw", type="pil", image_mode="RGBA"), max_layers=settings.max_layers)
                     with gr.Row():
                         invert = gr.Radio(["auto", "yes", "no"], value="auto", label="Invert (MNIST is light on dark)")
                         noise_type = gr.Dropdown(list(CORRUPTIONS), value="gaussian", label="Noise")
