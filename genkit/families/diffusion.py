@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.training_utils import compute_snr
 
-from .. import mean_flow
+from .. import mean_flow, reflow
 from ..config import ConfigError, TrainConfig
 from ..pipelines import GenkitDiffusionPipeline, LatentDecoder, decode_samples
 from ..sampling import FLOW_SCHEDULERS, SCHEDULERS, X0Handling, make_scheduler, step_callback
@@ -246,6 +246,9 @@ class DiffusionFamily(Family):
         x0 = batch["image"] if self.autoencoder is None else self.to_latent(batch["image"])
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        if self.flow and reflow.is_pairs_folder(self.config.data.source):  # 2-rectified flow: each image's own noise
+            self._pairs = getattr(self, "_pairs", None) or reflow.PairedNoise.for_data(self.config.data)
+            noise = self._pairs(batch["image"])
         labels = None
         if self.conditional:
             keep = torch.rand(n, generator=generator, device=x0.device) >= self.option("label_dropout")
