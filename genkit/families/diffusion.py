@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.training_utils import compute_snr
 
+from .. import mean_flow, reflow
 from ..config import ConfigError, TrainConfig
 from ..pipelines import GenkitDiffusionPipeline, LatentDecoder, decode_samples
 from ..sampling import FLOW_SCHEDULERS, SCHEDULERS, X0Handling, make_scheduler, step_callback
@@ -28,8 +29,8 @@ PRESETS = {
     "small": {"block_out_channels": [32, 64, 64], "layers_per_block": 2, "attention": True},
     "base": {"block_out_channels": [64, 128, 128], "layers_per_block": 2, "attention": True},
 }
-OBJECTIVES = ("ddpm", "flow_matching")
-DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler"}
+OBJECTIVES = ("ddpm", "flow_matching", "mean_flow")  # mean_flow: average velocities on the flow path (genkit/mean_flow.py)
+DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler", "mean_flow": "euler"}
 # DDPM-only options: a flow-matching config that sets one is told so instead of having it ignored
 DDPM_ONLY = ("prediction_type", "beta_schedule", "snr_gamma", "timestep_spacing")
 
@@ -79,6 +80,7 @@ class DiffusionFamily(Family):
             "clip_sample": None, "clip_sample_range": 1.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
             # latent diffusion: a genkit autoencoder / VAE run whose codes (latent_dim = 16 * c) become c x 4 x 4 maps
             "autoencoder": None, "latent_scale": 1.0,
+            **mean_flow.OPTIONS,
         }
 
     @classmethod
@@ -94,7 +96,12 @@ class DiffusionFamily(Family):
             raise ConfigError(f"model.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2, got {m['beta_schedule']!r}")
         if m["objective"] not in OBJECTIVES:
             raise ConfigError(f"model.objective must be one of {OBJECTIVES}, got {m['objective']!r}")
-        flow = m["objective"] == "flow_matching"
+        flow = m["objective"] in ("flow_matching", "mean_flow")
+        if m["objective"] == "mean_flow":
+            try:
+                mean_flow.check_options(m)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if flow:
             if m["time_sampling"] not in ("uniform", "logit_normal"):
                 raise ConfigError(f"model.time_sampling must be uniform or logit_normal, got {m['time_sampling']!r}")
@@ -148,8 +155,24 @@ class DiffusionFamily(Family):
 
     @property
     def flow(self) -> bool:
-        """Whether this is a flow-matching model (else DDPM)."""
-        return self.option("objective") == "flow_matching"
+        """Whether this model lives on the flow-matching path (flow matching or MeanFlow; else DDPM)."""
+        return self.option("objective") in ("flow_matching", "mean_flow")
+
+    @property
+    def mean_flow(self) -> bool:
+        """Whether this is a MeanFlow (average-velocity, one-step) model."""
+        return self.option("objective") == "mean_flow"
+
+    @property
+    def models(self) -> dict[str, torch.nn.Module]:
+        """The modules; a MeanFlow run given a flow-matching UNet (init_from) widens it with the (t - r) input channel."""
+        return self._models
+
+    @models.setter
+    def models(self, models: dict[str, torch.nn.Module]) -> None:
+        if self.mean_flow and "unet" in models:
+            models = {**models, "unet": mean_flow.widen_unet(models["unet"])}
+        self._models = models
 
     @property
     def prediction_type(self) -> str:
@@ -213,17 +236,24 @@ class DiffusionFamily(Family):
         arch = {**PRESETS[self.option("preset")], **explicit}
         classes = self.info.num_classes if self.option("class_conditional") else None
         size, channels = (4, self.autoencoder.latent_dim // 16) if self.autoencoder is not None else (self.info.image_size, self.info.channels)
-        return {"unet": build_unet(size, channels, num_classes=classes, **arch)}
+        return {"unet": build_unet(size, channels, num_classes=classes, **arch)}  # MeanFlow's extra input: the models setter
 
     def loss(self, part: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss to minimise for `part` on a batch, and values to log."""
         x0 = batch["image"] if self.autoencoder is None else self.to_latent(batch["image"])
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        if self.flow and reflow.is_pairs_folder(self.config.data.source):  # 2-rectified flow: each image's own noise
+            self._pairs = getattr(self, "_pairs", None) or reflow.PairedNoise.for_data(self.config.data)
+            noise = self._pairs(batch["image"])
         labels = None
         if self.conditional:
             keep = torch.rand(n, generator=generator, device=x0.device) >= self.option("label_dropout")
             labels = torch.where(keep, batch["label"], torch.full_like(batch["label"], self.null_label))
+        if self.mean_flow:
+            opts = {k: self.option(k) for k in mean_flow.OPTIONS}
+            return mean_flow.MeanFlowLoss(opts, self.noise_scheduler.config.num_train_timesteps)(
+                self.models["unet"], x0, noise, labels, self.null_label, generator)
         if self.flow:
             s = self.flow_times(n, generator, x0.device)
             noisy = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
@@ -287,12 +317,37 @@ class DiffusionFamily(Family):
         `init_images` (in [0, 1]) with `strength` < 1 noises them to that level and denoises (SDEdit). `x0` overrides
         the run's clipping of predicted clean images: none, clip or dynamic.
         """
+        if self.mean_flow:  # its own few-step sampler (genkit/mean_flow.py); images on the [-1, 1] path
+            if init_images is not None:
+                init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
+            return self._generate_mean_flow(n, generator, class_labels, steps, guidance_scale, init_images, strength, callback)
         pipe = self.pipeline(scheduler, timestep_spacing, x0)
         scale = guidance_scale if self.conditional else None  # guidance needs class labels: unconditional runs ignore it
         if init_images is not None and self.autoencoder is not None:  # the pipeline carries the decoder only: encode here
             init_images = self.to_latent(init_images * 2 - 1)
         return pipe(n, class_labels, scale, steps, generator, image=init_images, strength=strength, output_type="pt",
                     callback_on_step_end=step_callback(callback)).images
+
+    def _generate_mean_flow(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None, steps: int | None,
+                            guidance_scale: float | None, init_images: torch.Tensor | None, strength: float, callback) -> torch.Tensor:
+        """MeanFlow sampling: 1 step unless the config or caller says otherwise; guidance is trained in (scale 1 by default)."""
+        steps = steps if steps is not None else self.config.model.get("sample_steps", 1)
+        scale = guidance_scale if guidance_scale is not None else self.config.model.get("guidance_scale", 1.0)
+        unet = unwrap(self.models["unet"])
+        device = unet.device
+        shape = (n, unet.config.out_channels, unet.config.sample_size, unet.config.sample_size)
+        noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device).to(device)
+        labels = None
+        if self.conditional:
+            labels = torch.full((n,), self.null_label, dtype=torch.long) if class_labels is None else class_labels.long()
+            labels = labels.to(device)
+        start = 1.0
+        if init_images is not None:  # SDEdit: the images on the path at t = strength, then jumps down from there
+            start = strength
+            noise = (1 - strength) * init_images.to(device) + strength * noise
+        z = mean_flow.sample(unet, noise, labels, steps, scale, self.null_label, self.noise_scheduler.config.num_train_timesteps,
+                             None if callback is None else (lambda i, x: callback(i, steps, x)), start=start)
+        return self.to_images(z)
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
