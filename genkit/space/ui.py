@@ -20,7 +20,9 @@ from .routes import DEFAULT_IMAGES, MAX_IMAGES, SpaceApp, thread_budget
 
 DEVICE = default_device()
 # the grid is shown whole: the box grows with the image, up to the page, and the image is scaled down (never cropped) to fit it
-GRID_CSS = "#sample-output img, #latent-grid img, #interp-output img { object-fit: contain !important; max-height: 80vh; }"
+# and starts below the block's label, which Gradio lays over the image's top-left corner
+GRID_CSS = ("#sample-output img, #latent-grid img, #interp-output img { object-fit: contain !important; max-height: 80vh; }\n"
+            "#sample-output, #latent-grid, #interp-output { padding-top: 2.2em !important; }")
 
 
 def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -> gr.Blocks:
