@@ -214,6 +214,11 @@ class ModelCache:
             self._raise_recent_failure(source)
             return None
 
+    def loaded(self) -> list:
+        """The models loaded now."""
+        with self._guard:
+            return list(self._loaded.values())
+
     def is_loading(self, source: str) -> bool:
         """Whether a load of `source` is under way."""
         with self._guard:

@@ -22,7 +22,7 @@ def test_model_calls_count_solver_evaluations_and_a_family_may_say_its_own(runs)
     assert model_calls(family, "heun", 10) >= 19  # two evaluations per step (diffusers' Heun: 2n - 1)
     assert model_calls(family, "ddim", 10, strength=0.5) == 5  # image-to-image starts half way
     served = Served(family)
-    served.denoiser = CallCost(0.0, 0.01)
+    served.denoiser = CallCost.linear(0.0, 0.01)
     heun, ddim = (served.diffusion_cost(4, model_calls(family, s, 10), False, None) for s in ("heun", "ddim"))
     assert heun == pytest.approx(ddim * model_calls(family, "heun", 10) / 10)
     family.model_calls = lambda scheduler, steps, strength: 1  # a one-step model priced as such
@@ -30,7 +30,7 @@ def test_model_calls_count_solver_evaluations_and_a_family_may_say_its_own(runs)
 
 
 def test_costs_follow_a_running_median_of_what_requests_took():
-    cost = CallCost(0.0, 0.01)
+    cost = CallCost.linear(0.0, 0.01)
     assert cost.calls(10, 20, None) == pytest.approx(2.0)
     for _ in range(5):
         cost.observe(cost.calls(10, 20, None), 1.0)  # the machine is twice as fast as timed at load

@@ -68,7 +68,7 @@ class Settings:
                    request_seconds=request,
                    # one model call may take a tenth of a request: a request ends within about 1.1x its limit
                    call_seconds=_env("GENKIT_MAX_CALL_SECONDS", request / 10), quick_seconds=_env("GENKIT_QUICK_SECONDS", 5.0),
-                   max_wait_seconds=_env("GENKIT_MAX_WAIT_SECONDS", 120.0), max_queue=max(1, _env("GENKIT_MAX_QUEUE", 32, int)),
+                   max_wait_seconds=_env("GENKIT_MAX_WAIT_SECONDS", 300.0), max_queue=max(1, _env("GENKIT_MAX_QUEUE", 32, int)),
                    workers=max(1, _env("GENKIT_WORKERS", 1, int)), max_output_pixels=_env("GENKIT_MAX_OUTPUT_PIXELS", 16 * 2**20, int),
                    max_layers=_env("GENKIT_MAX_SKETCH_LAYERS", 4, int), load_workers=max(1, _env("GENKIT_LOAD_WORKERS", 2, int)))
 

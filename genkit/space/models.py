@@ -19,7 +19,8 @@ from .limits import Settings, refuse
 from .queue import CallCost, RunningMedian
 
 GRID_PADDING = 2  # genkit.plots.make_grid's
-PROBE = (1, 4)  # batch sizes timed at load: the call cost's overhead and its cost per image
+PROBE = (1, 8)  # batch sizes timed at load (and again when idle): the call cost's overhead and its cost per image
+RECALIBRATE_AFTER = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0)  # seconds after a load: timed again then, when no request runs
 
 
 class TooSlow(Exception):
@@ -64,12 +65,25 @@ class Served:
         self.decoder: CallCost | None = None  # diffusion: model space -> images (a latent decoder)
         self.image: CallCost | None = None  # one generated image (other generative families)
         self.latent: CallCost | None = None  # one encode + decode of one image
-        self.lock = threading.Lock()
+        self.probes: list[tuple[CallCost, Callable[[int], object]]] = []  # what to time again, and how
+        self.device = "cpu"
+        self.loaded_at = time.monotonic()
+        self.recalibrated = 0
 
     @property
     def measured(self) -> bool:
         """Whether costs were measured (Space mode)."""
         return any(c is not None for c in (self.denoiser, self.image, self.latent))
+
+    def recalibrate(self) -> None:
+        """Time every kind of call again (once each): start-up timings are one sample among several, never the only one."""
+        for cost, make in self.probes:
+            cost.add(*[_timed(lambda b=b: make(b), self.device, repeats=1) for b in cost.sizes])
+        self.recalibrated += 1
+
+    def due(self, now: float) -> bool:
+        """Whether the next scheduled re-timing is due."""
+        return self.recalibrated < len(RECALIBRATE_AFTER) and now - self.loaded_at >= RECALIBRATE_AFTER[self.recalibrated]
 
     def diffusion_cost(self, n: int, calls: int, guided: bool, call_seconds: float | None) -> float | None:
         """Predicted seconds of `n` images through `calls` denoiser calls each, plus decoding."""
@@ -94,8 +108,10 @@ def _timed(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def _fit(make: Callable[[int], object], device: str) -> CallCost:
-    return CallCost.fit(*[(b, _timed(lambda b=b: make(b), device)) for b in PROBE])
+def _fit(served: Served, make: Callable[[int], object], device: str) -> CallCost:
+    cost = CallCost.fit(*[(b, _timed(lambda b=b: make(b), device)) for b in PROBE])
+    served.probes.append((cost, make))
+    return cost
 
 
 def check_output(family: Family, images: torch.Tensor) -> None:
@@ -108,6 +124,7 @@ def check_output(family: Family, images: torch.Tensor) -> None:
 def measure(family: Family, settings: Settings, device: str) -> Served:
     """Check what the model outputs and time each kind of call it makes at two batch sizes (median of three runs each)."""
     served = Served(family)
+    served.device = device
     info, shape = family.info, (1, *family.info.image_shape)
     if info.image_size * info.image_size * info.channels > settings.max_output_pixels:
         raise TooSlow(f"This model's {info.image_size}x{info.image_size} images are over this Space's output cap.")
@@ -124,19 +141,20 @@ def measure(family: Family, settings: Settings, device: str) -> Served:
             labels = torch.zeros(b, dtype=torch.long, device=device) if family.conditional else None
             return unet(x, torch.full((b,), 10, device=device), class_labels=labels)
 
-        served.denoiser = _fit(forward, device)
+        served.denoiser = _fit(served, forward, device)
         latent = torch.zeros(1, config.in_channels, config.sample_size, config.sample_size, device=device)
-        served.decoder = _fit(lambda b: family.to_images(latent.expand(b, -1, -1, -1)), device)
+        served.decoder = _fit(served, lambda b: family.to_images(latent.expand(b, -1, -1, -1)), device)
     elif can_generate(family):
         check_output(family, family.generate(1, generator))
-        served.image = _fit(lambda b: family.generate(b, generator), device)
+        served.image = _fit(served, lambda b: family.generate(b, generator), device)
     model = family.models.get("model")
     if hasattr(model, "reconstruct"):
         check_output(family, model.reconstruct(torch.zeros(shape, device=device)))
-        served.latent = _fit(lambda b: model.reconstruct(torch.zeros((b, *shape[1:]), device=device)), device)
+        served.latent = _fit(served, lambda b: model.reconstruct(torch.zeros((b, *shape[1:]), device=device)), device)
     slowest = max((c.batch(1) for c in (served.denoiser, served.image, served.latent) if c is not None), default=0.0)
     if settings.call_seconds is not None and slowest > settings.call_seconds:
         raise TooSlow(f"This model takes {slowest:.1f} s per image here, over this Space's limit of {settings.call_seconds:.1f} s per model call.")
+    served.loaded_at = time.monotonic()
     return served
 
 

@@ -40,19 +40,40 @@ class RunningMedian:
 
 
 class CallCost:
-    """Seconds of one model call on a batch of b images, t(b) = overhead + b * per_image, fitted at load from several timings
-    and corrected as requests run by a running median of actual / predicted times."""
+    """Seconds of one model call on a batch of b images, t(b) = overhead + b * per_image, from running medians of timings at two
+    batch sizes (taken at load and again while the server is idle), corrected by a running median of actual / predicted times."""
 
-    def __init__(self, overhead: float, per_image: float):
-        self.overhead, self.per_image = max(0.0, overhead), max(per_image, 1e-7)
+    def __init__(self, sizes: tuple[int, int] = (1, 8)):
+        self.sizes, self.small, self.large = sizes, RunningMedian(), RunningMedian()
         self.correction = RunningMedian()
 
     @classmethod
     def fit(cls, small: tuple[int, float], large: tuple[int, float]) -> "CallCost":
-        """From the (median) time of a batch of b1 and of b2 images."""
-        (b1, t1), (b2, t2) = small, large
-        per_image = max((t2 - t1) / max(b2 - b1, 1), t2 / b2 / 4)  # noise can make the slope tiny: never below a quarter of the average
-        return cls(t1 - b1 * per_image, per_image)
+        """From the time of a batch of b1 and of b2 images."""
+        cost = cls((small[0], large[0]))
+        cost.add(small[1], large[1])
+        return cost
+
+    @classmethod
+    def linear(cls, overhead: float, per_image: float) -> "CallCost":
+        """A cost known in advance: `overhead` + b * `per_image` seconds."""
+        return cls.fit((1, overhead + per_image), (9, overhead + 9 * per_image))
+
+    def add(self, small: float, large: float) -> None:
+        """One more pair of timings at the two batch sizes."""
+        self.small.add(small)
+        self.large.add(large)
+
+    @property
+    def per_image(self) -> float:
+        """Seconds per image of one call (the slope)."""
+        (b1, b2), t1, t2 = self.sizes, self.small.value or 0.0, self.large.value or 0.0
+        return max((t2 - t1) / max(b2 - b1, 1), t2 / b2 / 4, 1e-7)  # noise can make the slope tiny: never below a quarter of the average
+
+    @property
+    def overhead(self) -> float:
+        """Seconds of one call whatever its batch."""
+        return max(0.0, (self.small.value or 0.0) - self.sizes[0] * self.per_image)
 
     def batch(self, images: int) -> float:
         """Predicted seconds of one call on `images` images."""

@@ -88,6 +88,16 @@ class SpaceApp:
                          else f"{source[:100]!r} is not loaded: press Load (API: /load) first.")
         return found
 
+    def recalibrate(self, stop: threading.Event) -> None:
+        """Until `stop`: time each loaded model's calls again on its schedule (models.RECALIBRATE_AFTER), only while no request runs."""
+        lanes = [self.budget.quick, self.budget.slow, self.budget.latent]
+        while not stop.wait(1.0):
+            if any(lane.running or lane.waiting for lane in lanes):
+                continue
+            for served in self.models.loaded():
+                if served.due(time.monotonic()) and not any(lane.running or lane.waiting for lane in lanes):
+                    served.recalibrate()
+
     def preload(self) -> None:
         """Load the listed models (at launch, in a thread); a visitor pressing Load sees any failure's message."""
         for name in self.listed:
@@ -112,7 +122,8 @@ class SpaceApp:
         steps = min(int(family.option("sample_steps")), self.settings.max_steps) if diffusion else 20
         sampler = family.sampler if diffusion else "dpm++_sde"
         guidance = float(family.option("guidance_scale")) if diffusion else 2.0
-        n = min(DEFAULT_IMAGES, family.info.num_classes * 2) if family.conditional else DEFAULT_IMAGES
+        classes = family.info.num_classes
+        n = classes if family.conditional and classes <= DEFAULT_IMAGES else DEFAULT_IMAGES  # one of each class: a row of the grid
         limit = self.settings.request_seconds
         while n > 1 and limit is not None and (self._sample_cost(served, sampler, steps, guidance, n, family.conditional) or 0) > limit / 2:
             n -= 1  # the default request always fits, with room to spare for a slower moment
@@ -181,11 +192,14 @@ class SpaceApp:
                 pass
         return report
 
-    def _in_chunks(self, make: Callable[[slice], torch.Tensor], n: int, cost: CallCost | None, deadline: float | None,
-                   family: Family | None = None) -> torch.Tensor:
-        """`make(images)` over slices of range(n) small enough for one bounded model call each; the deadline and output shape are
+    def _chunk(self, cost: CallCost | None, n: int, per_image: int = 1) -> int:
+        """Images per model call so that one call (of `per_image` rows per image: 2 when guided) stays within the call limit."""
+        return n if cost is None else max(1, cost.chunk(n * per_image, self.settings.call_seconds) // per_image)
+
+    def _in_chunks(self, make: Callable[[slice], torch.Tensor], n: int, size: int, deadline: float | None, family: Family | None = None) -> torch.Tensor:
+        """`make(images)` over slices of range(n) of `size` images, one bounded model call each; the deadline and output shape are
         checked after every call."""
-        size, parts = (n if cost is None else cost.chunk(n, self.settings.call_seconds)), []
+        parts = []
         for start in range(0, n, size):
             self.budget.stop_at(deadline)
             part = make(slice(start, min(n, start + size))).float().cpu()
@@ -228,7 +242,7 @@ class SpaceApp:
             with self.budget.run(None if work is None else work + encode, report=self._report(progress)) as deadline:
                 started = time.monotonic()
                 make = lambda part: family.generate(part.stop - part.start, generator, None if labels is None else labels[part])  # noqa: E731
-                images = self._in_chunks(make, n, model.image, deadline, family)
+                images = self._in_chunks(make, n, self._chunk(model.image, n), deadline, family)
                 if model.image is not None:
                     model.image.observe(work, time.monotonic() - started)
                 self.budget.stop_at(deadline)
@@ -245,8 +259,10 @@ class SpaceApp:
             for item in self._stream(family, n, generator, labels, model.denoiser, deadline, scheduler=scheduler, steps=steps,
                                      guidance_scale=guidance_scale):
                 if isinstance(item, torch.Tensor):  # the result
+                    took = time.monotonic() - started
                     if model.denoiser is not None:
-                        model.denoiser.observe(work, time.monotonic() - started)
+                        log.info("/sample: predicted %.3f s, took %.3f s, for %d images x %s steps of %s", work, took, n, steps, scheduler)
+                        model.denoiser.observe(work, took)
                     self.budget.stop_at(deadline)
                     yield self.png(item, nrow, scale)
                 else:
@@ -269,11 +285,8 @@ class SpaceApp:
             done.append(images.float().cpu())
             return images
 
-        guided = options.get("guidance_scale", 1.0) != 1.0 and labels is not None
-        per_call = None if cost is None else CallCost(cost.overhead, cost.per_image * (2 if guided else 1))
-        if per_call is not None:
-            per_call.correction = cost.correction
-        return self._in_chunks(chunk, n, per_call, deadline, family)
+        guided = options.get("guidance_scale", 1.0) != 1.0 and labels is not None and family.conditional
+        return self._in_chunks(chunk, n, self._chunk(cost, n, 2 if guided else 1), deadline, family)
 
     def _stream(self, family: Family, n: int, generator: torch.Generator, labels, cost, deadline, **options) -> Iterator:
         """Run diffusion in a thread and yield its previews (1-tuples), then the result; a visitor who leaves stops the work."""
@@ -360,7 +373,7 @@ class SpaceApp:
             za, zb = _code(encoder, a, self.device), _code(encoder, b, self.device)
             w = torch.linspace(0, 1, steps, device=za.device)[:, None]
             codes = (1 - w) * za + w * zb
-            images = self._in_chunks(lambda part: encoder.decode(codes[part]), steps, model.latent, deadline, model.family)
+            images = self._in_chunks(lambda part: encoder.decode(codes[part]), steps, self._chunk(model.latent, steps), deadline, model.family)
             self.budget.stop_at(deadline)
             return self.png(images, steps, scale)
 
@@ -374,7 +387,7 @@ class SpaceApp:
         codes = grid_points(n, span).to(self.device)
         scale = self.grid_scale(n * n, n, model.family, 2)
         with self.budget.run(self._latent_cost(model, n * n, n, scale), lane=self.budget.latent) as deadline:
-            images = self._in_chunks(lambda part: encoder.decode(codes[part]), n * n, model.latent, deadline, model.family)
+            images = self._in_chunks(lambda part: encoder.decode(codes[part]), n * n, self._chunk(model.latent, n * n), deadline, model.family)
             self.budget.stop_at(deadline)
             return self.png(images, n, scale)
 

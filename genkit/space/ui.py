@@ -20,7 +20,9 @@ from .routes import DEFAULT_IMAGES, MAX_IMAGES, SpaceApp, thread_budget
 
 DEVICE = default_device()
 # the grid is shown whole: the box grows with the image, up to the page, and the image is scaled down (never cropped) to fit it
-GRID_CSS = "#sample-output img, #latent-grid img, #interp-output img { object-fit: contain !important; max-height: 80vh; }"
+# and starts below the block's label, which Gradio lays over the image's top-left corner
+GRID_CSS = ("#sample-output img, #latent-grid img, #interp-output img { object-fit: contain !important; max-height: 80vh; }\n"
+            "#sample-output, #latent-grid, #interp-output { padding-top: 2.2em !important; }")
 
 
 def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -> gr.Blocks:
@@ -123,12 +125,21 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
         """Every launcher (python app.py, genkit app, tests) gets the upload and body caps; a Space loads its listed models."""
         if space:  # at launch, not at import: a process that only imports the app (a build check) exits without a loader running
             threading.Thread(target=app.preload, daemon=True).start()
+            threading.Thread(target=app.recalibrate, args=(stopped,), daemon=True).start()
         app_kwargs = kwargs.pop("app_kwargs", None) or {}
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)]
         defaults = {"max_file_size": f"{MAX_UPLOAD_MB}mb", "max_threads": thread_budget(settings), "css": GRID_CSS}
         return launch(*args, **{**defaults, **kwargs, "app_kwargs": app_kwargs})
 
     demo.launch = capped_launch
+    stopped, close = threading.Event(), demo.close
+
+    def closing(*args, **kwargs):
+        """Close the server and stop the re-timing thread."""
+        stopped.set()
+        return close(*args, **kwargs)
+
+    demo.close = closing
     return demo
 
 
