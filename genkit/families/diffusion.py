@@ -31,6 +31,8 @@ PRESETS = {
 }
 OBJECTIVES = ("ddpm", "flow_matching", "mean_flow")  # mean_flow: average velocities on the flow path (genkit/mean_flow.py)
 DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler", "mean_flow": "euler"}
+# what a MeanFlow run samples with unless its config says otherwise: one jump, no extra CFG (it is in the training target)
+MEAN_FLOW_DEFAULTS = {"sample_steps": 1, "guidance_scale": 1.0}
 # DDPM-only options: a flow-matching config that sets one is told so instead of having it ignored
 DDPM_ONLY = ("prediction_type", "beta_schedule", "snr_gamma", "timestep_spacing")
 
@@ -160,6 +162,12 @@ class DiffusionFamily(Family):
     def flow(self) -> bool:
         """Whether this model lives on the flow-matching path (flow matching or MeanFlow; else DDPM)."""
         return self.option("objective") in ("flow_matching", "mean_flow")
+
+    def option(self, key: str) -> Any:
+        """A model option from the config, or its default; a MeanFlow run samples in 1 step with its trained-in guidance."""
+        if key in MEAN_FLOW_DEFAULTS and key not in self.config.model and self.mean_flow:
+            return MEAN_FLOW_DEFAULTS[key]
+        return super().option(key)
 
     @property
     def mean_flow(self) -> bool:
@@ -329,8 +337,8 @@ class DiffusionFamily(Family):
     def _generate_mean_flow(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None, steps: int | None,
                             guidance_scale: float | None, init_images: torch.Tensor | None, strength: float, callback) -> torch.Tensor:
         """MeanFlow sampling: 1 step unless the config or caller says otherwise; guidance is trained in (scale 1 by default)."""
-        steps = steps if steps is not None else self.config.model.get("sample_steps", 1)
-        scale = guidance_scale if guidance_scale is not None else self.config.model.get("guidance_scale", 1.0)
+        steps = self.option("sample_steps") if steps is None else steps
+        scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
         unet = unwrap(self.models["unet"])
         device = unet.device
         shape = (n, unet.config.out_channels, unet.config.sample_size, unet.config.sample_size)
