@@ -91,8 +91,8 @@ def test_sample_rejects_what_cannot_generate(client, runs):
         client.predict(str(runs / "dae"), "ddim", 5, "(none)", 1.0, 0, 4, api_name="/sample")
     with pytest.raises(AppError, match="Cannot load"):
         client.predict(str(runs / "nowhere"), "ddim", 5, "(none)", 1.0, 0, 4, api_name="/sample")
-    with pytest.raises(AppError, match="greater than maximum value 64|between 1 and 64"):
-        client.predict(str(runs / "diffusion"), "ddim", 5, "(none)", 1.0, 0, 100, api_name="/sample")
+    with pytest.raises(AppError, match="greater than maximum value 100|between 1 and 100"):
+        client.predict(str(runs / "diffusion"), "ddim", 5, "(none)", 1.0, 0, 101, api_name="/sample")
     assert image_size(client.predict(str(runs / "vae2d"), "ddim", 5, "(none)", 1.0, 0, 9, api_name="/sample"))[0] > 0
 
 

@@ -38,7 +38,7 @@ for key, folder in folders.items():
     saved, images = pipe.scheduler.config, {}
     for name, (cls, extra) in schedulers.items():
         pipe.scheduler = getattr(diffusers, cls).from_config(saved, **extra)  # the stock swap
-        images[name] = pipe(batch_size=2, class_labels=[1, "3"] if conditional else None, guidance_scale=2.0, num_inference_steps=3,
+        images[name] = pipe(batch_size=2, class_labels=[1, "3"] if conditional else None, guidance_scale=2.0 if conditional else None, num_inference_steps=3,
                             generator=torch.Generator().manual_seed(0), output_type="pt").images
     pil = pipe(batch_size=2, num_inference_steps=2).images
     half = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, torch_dtype=torch.bfloat16)

@@ -96,10 +96,14 @@ def test_flow_and_ddpm_samplers_do_not_mix():
     with pytest.raises(ValueError, match="timestep_spacing"):
         make_scheduler("euler", FLOW_SCHEDULE, timestep_spacing="trailing", flow=True)
     oracle = VelocityOracle(targets(1))
-    with pytest.raises(ValueError, match="flow-matching models need a flow scheduler"):
+    # refused before any step, naming the schedulers that can sample the model
+    with pytest.raises(ValueError, match="flow_prediction model cannot be sampled by DDIMScheduler.*it takes FlowMatchEulerDiscreteScheduler"):
         sample(oracle, make_scheduler("ddim", {"num_train_timesteps": 1000}), 1, 4, prediction_type="flow_prediction")
-    with pytest.raises(ValueError, match="flow-matching models need a flow scheduler"):
+    with pytest.raises(ValueError, match="epsilon model cannot be sampled by FlowMatchEulerDiscreteScheduler.*it takes DDPMScheduler, DDIMScheduler"):
         sample(oracle, make_scheduler("euler", FLOW_SCHEDULE, flow=True), 1, 4, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="cannot be sampled by DPMSolverMultistepScheduler.*use_flow_sigmas=True"):
+        sample(oracle, make_scheduler("dpm++", {"num_train_timesteps": 1000}), 1, 4, prediction_type="flow_prediction")
+    assert oracle.seen == []
 
 
 def flow_config(tiny_idx, out, **model):

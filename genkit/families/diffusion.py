@@ -1,9 +1,9 @@
 """Diffusion on Diffusers' `UNet2DModel`: DDPM training (epsilon / v / x0 targets) or flow matching (rectified flow: the
 velocity noise - x0 on the straight path between data and noise), and any scheduler that fits the objective for sampling.
 
-Unconditional DDPM pixel runs are saved as a `DDPMPipeline`; class-conditional, latent and flow-matching runs as a
-`GenkitDiffusionPipeline` whose code travels with them (`pipeline.py`), so they load in stock Diffusers with
-`trust_remote_code=True`.
+Every run (unconditional or class-conditional, pixel or latent, DDPM or flow matching) is saved as a
+`GenkitDiffusionPipeline` whose code travels with it (`pipeline.py`) and whose config carries the run's sampler, steps,
+guidance and x0 handling, so it loads in stock Diffusers with `trust_remote_code=True` and samples as `genkit sample` does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.training_utils import compute_snr
 
 from .. import mean_flow, reflow
@@ -140,15 +140,12 @@ class DiffusionFamily(Family):
         self.decoder = None if self.autoencoder is None else LatentDecoder.from_module(
             self.autoencoder.decoder, self.autoencoder.image_shape, self.option("latent_scale"),
             "identity" if getattr(self.autoencoder, "linear", False) else "sigmoid")
-        # an unconditional run's exported scheduler carries the x0 handling too, so a stock DDPMPipeline samples as genkit does
-        x0 = self.x0_handling()
+        # the training noise schedule; sampling schedulers are built from it (make_scheduler), x0 handling is the pipeline's
         if self.flow:
             self.noise_scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.option("num_train_timesteps"), shift=self.option("flow_shift"))
             return
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.option("num_train_timesteps"), beta_schedule=self.option("beta_schedule"),
-                                             prediction_type=self.option("prediction_type"), clip_sample=x0.mode == "clip",
-                                             clip_sample_range=x0.clip_range, thresholding=x0.mode == "dynamic",
-                                             dynamic_thresholding_ratio=x0.ratio, sample_max_value=x0.max_value)
+                                             prediction_type=self.option("prediction_type"), clip_sample=False)
 
     def x0_handling(self, mode: str | None = None) -> X0Handling:
         """The run's x0 clipping (or `mode`: none, clip, dynamic) for sampling."""
@@ -306,7 +303,10 @@ class DiffusionFamily(Family):
         if self.decoder is not None:
             self.decoder.to(unet.device)
         id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
-        pipe = GenkitDiffusionPipeline(unet, sched, self.decoder, id2label, self.prediction_type, **self.x0_handling(x0).pipeline_config())
+        # the run's steps and guidance are the pipeline's call defaults: `pipe()` samples as `genkit sample` does
+        pipe = GenkitDiffusionPipeline(unet, sched, self.decoder, id2label, self.prediction_type, **self.x0_handling(x0).pipeline_config(),
+                                       num_inference_steps=self.option("sample_steps"),
+                                       guidance_scale=self.option("guidance_scale") if self.conditional else 1.0)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -325,14 +325,16 @@ class DiffusionFamily(Family):
         `init_images` (in [0, 1]) with `strength` < 1 noises them to that level and denoises (SDEdit). `x0` overrides
         the run's clipping of predicted clean images: none, clip or dynamic.
         """
-        if init_images is not None:
-            init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
-        if self.mean_flow:
+        if self.mean_flow:  # its own few-step sampler (genkit/mean_flow.py); images on the [-1, 1] path
+            if init_images is not None:
+                init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
             return self._generate_mean_flow(n, generator, class_labels, steps, guidance_scale, init_images, strength, callback)
-        scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
         pipe = self.pipeline(scheduler, timestep_spacing, x0)
-        return pipe(n, class_labels, scale, self.option("sample_steps") if steps is None else steps, generator, image=init_images, strength=strength,
-                    output_type="pt", callback_on_step_end=step_callback(callback)).images
+        scale = guidance_scale if self.conditional else None  # guidance needs class labels: unconditional runs ignore it
+        if init_images is not None and self.autoencoder is not None:  # the pipeline carries the decoder only: encode here
+            init_images = self.to_latent(init_images * 2 - 1)
+        return pipe(n, class_labels, scale, steps, generator, image=init_images, strength=strength, output_type="pt",
+                    callback_on_step_end=step_callback(callback)).images
 
     def _generate_mean_flow(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None, steps: int | None,
                             guidance_scale: float | None, init_images: torch.Tensor | None, strength: float, callback) -> torch.Tensor:
@@ -368,10 +370,7 @@ class DiffusionFamily(Family):
         """Export the pipeline (and, for latent diffusion, its autoencoder) into `directory`."""
         if self.autoencoder is not None:  # genkit's own copy (its encoder serves SDEdit); the pipeline carries the decoder
             save_without_card(self.autoencoder, Path(directory) / "autoencoder")
-        if self.conditional or self.autoencoder is not None or self.flow:
-            self.pipeline().save_pretrained(directory)  # the run's sampler and x0 handling: it samples as `genkit sample` does
-        else:
-            DDPMPipeline(unet=unwrap(self.models["unet"]), scheduler=self.noise_scheduler).save_pretrained(directory)
+        self.pipeline().save_pretrained(directory)  # the run's sampler, steps, guidance and x0 handling: it samples as `genkit sample` does
 
     @classmethod
     def required_files(cls) -> list[str]:
@@ -380,7 +379,7 @@ class DiffusionFamily(Family):
 
     @classmethod
     def export_files(cls) -> list[str]:
-        """The pipeline (with its code, for conditional and latent runs), and the autoencoder and decoder of latent runs."""
+        """The pipeline (with its code), and the autoencoder and decoder of latent runs."""
         return [*cls.required_files(), "pipeline.py", "autoencoder/config.json", "autoencoder/model.safetensors",
                 "decoder/config.json", "decoder/diffusion_pytorch_model.safetensors", "decoder/pipeline.py"]
 
