@@ -30,7 +30,7 @@ from genkit.engine import train  # noqa: E402
 from genkit.evaluation import class_accuracy, get_classifier, real_pair  # noqa: E402
 from genkit.evaluation.distances import fid_kid  # noqa: E402
 from genkit.evaluation.features import ClassifierSpace  # noqa: E402
-from genkit.reflow import write_pairs  # noqa: E402
+from genkit.reflow import is_pairs_folder, write_pairs  # noqa: E402
 from genkit.runs import load_family  # noqa: E402
 
 FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
@@ -72,10 +72,12 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
             "meanflow_from_flow": started_from + cpu_of(work / "meanflow_from_flow"), "reflow": started_from + pairs_cpu + cpu_of(work / "reflow")}
 
 
-def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int]) -> None:
-    """Print the table: FD / class accuracy per row and NFE, training CPU seconds, sampling CPU seconds per 1,000 images."""
-    families = {row: load_family(str(work / row), "cpu") for row in ROWS if (work / row / "model_index.json").is_file()}
-    data = families["flow"].config.data
+def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list[str]) -> None:
+    """Print the table: FD / class accuracy per row and NFE, training CPU seconds, sampling CPU seconds per 1,000 images.
+    Each row's scores are kept in `work/scores-<row>-<n>.json`, so rows can be scored as their runs finish."""
+    families = {row: load_family(str(work / row), "cpu") for row in rows if (work / row / "model_index.json").is_file()}
+    data = next(f.config.data for f in families.values() if not is_pairs_folder(f.config.data.source))  # MNIST, never the pairs
+    data.data_dir = data.data_dir if data.data_dir and Path(data.data_dir).is_dir() else None
     classifier = get_classifier(data, "cpu")
     space = ClassifierSpace(classifier)
     real, other = real_pair(data, n)
@@ -84,17 +86,25 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int]) -> None:
     labels = torch.arange(n) % 10
     cells: dict[tuple[str, int], str] = {}
     speed: dict[tuple[str, int], float] = {}
+    loads = []
     for row, family in families.items():
+        record = work / f"scores-{row}-{n}.json"
+        done = json.loads(record.read_text()) if record.is_file() else {}
         for nfe in [*nfes, *([8] if row == "flow" else [])]:
-            generator = torch.Generator().manual_seed(1234)
-            started = time.process_time()
-            fake = torch.cat([family.generate(len(c), generator, labels[c], steps=nfe) for c in torch.arange(n).split(250)])
-            speed[(row, nfe)] = 1000 * (time.process_time() - started) / n
-            fd = fid_kid(real_features, space.extract(fake))["fid"]
-            cells[(row, nfe)] = f"{fd:.1f} / {class_accuracy(fake, labels, classifier):.3f}"
+            if str(nfe) not in done:
+                generator = torch.Generator().manual_seed(1234)
+                started = time.process_time()
+                fake = torch.cat([family.generate(len(c), generator, labels[c], steps=nfe) for c in torch.arange(n).split(250)])
+                seconds = 1000 * (time.process_time() - started) / n
+                done[str(nfe)] = {"fd": fid_kid(real_features, space.extract(fake))["fid"], "acc": class_accuracy(fake, labels, classifier),
+                                  "cpu_per_1k": seconds, "load": os.getloadavg()[0]}
+                record.write_text(json.dumps(done, indent=1))
+            got = done[str(nfe)]
+            cells[(row, nfe)], speed[(row, nfe)] = f"{got['fd']:.1f} / {got['acc']:.3f}", got["cpu_per_1k"]
+            loads.append(got["load"])
             print(f"{row} NFE {nfe}: {cells[(row, nfe)]}, {speed[(row, nfe)]:.1f} CPU s / 1k images", flush=True)
-    load = os.getloadavg()[0]
-    print(f"\nprotocol: conditional MNIST, `tiny` UNet, seed 0, {torch.get_num_threads()} thread(s), load average {load:.1f} on "
+    load = max(loads)
+    print(f"\nprotocol: conditional MNIST, `tiny` UNet, seed 0, {torch.get_num_threads()} thread(s), load average up to {load:.1f} on "
           f"{os.cpu_count()} CPUs; {n} samples per cell (classes in turn, sampling seed 1234) against {n} images of the "
           f"reference split, FD in genkit's classifier feature space (floor: real vs real {floor:.1f}); guidance: flow 1.5 "
           f"(CFG, both halves in one batch), reflow 1.0, MeanFlow trained in (omega 1.5), 1 evaluation per step\n")
@@ -103,8 +113,9 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int]) -> None:
     for row in families:
         cols = " | ".join(cells.get((row, k), "") for k in [*nfes, 8])
         print(f"| {row} | {cpu.get(row, float('nan')):.0f} | {cols} | {speed[(row, 1)]:.1f} |")
-    print(f"\nflow at its default 8 steps: {speed[('flow', 8)]:.1f} CPU s / 1k images; "
-          + ", ".join(f"{row} at 1 NFE is {speed[('flow', 8)] / speed[(row, 1)]:.1f}x faster" for row in families if row != "flow"))
+    if ("flow", 8) in speed:
+        print(f"\nflow at its default 8 steps: {speed[('flow', 8)]:.1f} CPU s / 1k images; "
+              + ", ".join(f"{row} at 1 NFE is {speed[('flow', 8)] / speed[(row, 1)]:.1f}x faster" for row in families if row != "flow"))
 
 
 def main() -> None:
@@ -119,6 +130,7 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX folder (offline)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score (finished runs only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -133,7 +145,7 @@ def main() -> None:
         for row, extra in (("meanflow_from_flow", base), ("reflow", base + pairs)):  # the start run (and pairs) count
             if row in cpu:
                 cpu[row] += extra
-    score(work, cpu, args.n, args.nfe)
+    score(work, cpu, args.n, args.nfe, args.rows)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@ X0_MODES = ("none", "clip", "dynamic")
 # what the UNet predicts -> the noising path it was trained on, which decides the schedulers that can sample it:
 # "ddpm": x_t = sqrt(a) x0 + sqrt(1 - a) noise (schedulers with alphas_cumprod); "flow": x_t = (1 - s) x0 + s noise, the
 # model predicting the velocity noise - x0 (FlowMatch schedulers, or DPM-Solver / UniPC on flow sigmas)
-PREDICTION_PATHS = {"epsilon": "ddpm", "v_prediction": "ddpm", "sample": "ddpm", "flow_prediction": "flow"}
+PREDICTION_PATHS = {"epsilon": "ddpm", "v_prediction": "ddpm", "sample": "ddpm", "flow_prediction": "flow",
+                    # MeanFlow: the average velocity u(x_t, r, t) over [r, t] of the flow path; the UNet takes t - r as one
+                    # extra input channel, and FlowMatch Euler's step x + (s_next - s) u is its jump x_r = x_t - (t - r) u
+                    "average_velocity": "flow"}
 PREDICTION_TYPES = tuple(PREDICTION_PATHS)
 # the stock schedulers of each path, named when one that cannot be used is set
 USABLE_SCHEDULERS = {
@@ -366,6 +369,8 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
         if have != path or (path == "flow" and target != "flow_prediction"):
             what = f"a flow scheduler, prediction_type={target!r}" if have == "flow" else f"prediction_type={target!r}" if have else "no alphas_cumprod"
             raise ValueError(f"this {source} model cannot be sampled by {name} ({what}); it takes {USABLE_SCHEDULERS[path]}")
+        if source == "average_velocity" and name != "FlowMatchEulerDiscreteScheduler":
+            raise ValueError(f"this average_velocity (MeanFlow) model jumps with FlowMatchEulerDiscreteScheduler only, not {name}")
         if name.startswith("EulerAncestral") and target == "sample":
             raise ValueError(f"{name} cannot step x0 (sample) predictions: load it with prediction_type='epsilon' (the pipeline converts)")
 
@@ -402,7 +407,14 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
         The extension point: an objective whose update is not a stock scheduler step overrides this (and adds its row to
         PREDICTION_PATHS)."""
         model_input = self.scheduler.scale_model_input(x, t) if hasattr(self.scheduler, "scale_model_input") else x
-        pred = self.to_scheduler_input(self.predict(model_input, t, labels, guidance_scale), model_input, t)
+        if self.prediction_type == "average_velocity":  # MeanFlow: the jump t -> r (the next sigma) as the extra input channel
+            sched = self.scheduler
+            i = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
+            jump = (sched.sigmas[i] - sched.sigmas[i + 1]).to(x.device, x.dtype)
+            output = self.predict(torch.cat([model_input, jump.expand(len(x), 1, *x.shape[2:])], dim=1), t, labels, guidance_scale)
+            pred = self.to_scheduler_input(output, model_input, t)
+        else:
+            pred = self.to_scheduler_input(self.predict(model_input, t, labels, guidance_scale), model_input, t)
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         return self.scheduler.step(pred, t, x, **({"generator": generator} if takes_generator else {})).prev_sample
 
@@ -486,7 +498,7 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
         self.check_scheduler()
         device, dtype = self._execution_device, self.unet.dtype
         size = self.unet.config.sample_size
-        shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        shape = (batch_size, self.unet.config.out_channels, *((size, size) if isinstance(size, int) else size))
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} (batch, channels, height, width of the UNet's samples), got {tuple(latents.shape)}")
         start = None if image is None else self.prepare_image(image, shape, device, dtype)

@@ -1,6 +1,10 @@
 """MeanFlow (objective: mean_flow): the JVP target against a finite difference and a closed-form field, the r = t limit
 (flow matching's loss), exact one-step sampling of a known field, init_from a flow run, training, save / load."""
 
+import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -147,6 +151,27 @@ def test_cfg_in_the_target_mixes_the_unconditional_velocity():
     assert torch.allclose(out[0], torch.full_like(out[0], 2.0 * 1 - 0.25)) and torch.equal(out[1], v[1])
 
 
+STOCK_SCRIPT = r"""
+import sys
+sys.modules["genkit"] = None  # `import genkit` now fails
+import diffusers, torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+one = pipe(class_labels=[0, 1, "2"], generator=torch.Generator().manual_seed(0), output_type="pt").images
+two = pipe(class_labels=[0, 1, 2], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+pipe.scheduler = diffusers.FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
+try:
+    pipe(class_labels=[0])
+    heun = "sampled"
+except ValueError as err:
+    heun = str(err)
+assert sys.modules["genkit"] is None
+torch.save({"one": one, "two": two, "steps": pipe.config.num_inference_steps, "heun": heun}, sys.argv[2])
+"""
+
+
 def mf_config(tiny_idx, out, init_from=None, **model):
     model = {"preset": "tiny", "objective": "mean_flow", "class_conditional": True, **model}
     return tiny_config(tiny_idx, out, family="diffusion", init_from=init_from, model=model,
@@ -178,6 +203,22 @@ def test_mean_flow_run_trains_from_a_flow_run_saves_and_loads(tiny_idx, tmp_path
     assert torch.isfinite(two).all() and not torch.equal(a, two)
     # the saved weights are the trained ones, not the flow run's
     assert not torch.equal(loaded.models["unet"].conv_in.weight[:, -1], torch.zeros_like(loaded.models["unet"].conv_in.weight[:, -1]))
+    # genkit's sampler is the pipeline's, and equals the reference jump z_0 = e - u(e, 0, 1) (clipped into [-1, 1])
+    noise = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    reference = mean_flow.sample(loaded.models["unet"], noise, torch.tensor([0, 1, 2]), steps=1)
+    assert torch.allclose(a, ((reference + 1) / 2).clamp(0, 1), atol=1e-5)
+    config = json.loads((run / "model_index.json").read_text())
+    assert config["prediction_type"] == "average_velocity" and config["num_inference_steps"] == 1 and config["guidance_scale"] == 1.0
+
+    # stock Diffusers, genkit unimportable: one step by default, the same call API, the same images
+    out = tmp_path / "stock.pt"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, str(run), str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stock = torch.load(out, weights_only=False)
+    assert stock["steps"] == 1 and stock["heun"].startswith("this average_velocity (MeanFlow) model jumps with FlowMatchEulerDiscreteScheduler")
+    assert torch.allclose(stock["one"], a, atol=1e-5) and torch.allclose(stock["two"], two, atol=1e-5)
 
 
 @pytest.mark.parametrize("model, match", [

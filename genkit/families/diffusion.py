@@ -31,6 +31,8 @@ PRESETS = {
 }
 OBJECTIVES = ("ddpm", "flow_matching", "mean_flow")  # mean_flow: average velocities on the flow path (genkit/mean_flow.py)
 DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler", "mean_flow": "euler"}
+# what a MeanFlow run samples with unless its config says otherwise: one jump, no extra CFG (it is in the training target)
+MEAN_FLOW_DEFAULTS = {"sample_steps": 1, "guidance_scale": 1.0}
 # DDPM-only options: a flow-matching config that sets one is told so instead of having it ignored
 DDPM_ONLY = ("prediction_type", "beta_schedule", "snr_gamma", "timestep_spacing")
 
@@ -158,6 +160,12 @@ class DiffusionFamily(Family):
         """Whether this model lives on the flow-matching path (flow matching or MeanFlow; else DDPM)."""
         return self.option("objective") in ("flow_matching", "mean_flow")
 
+    def option(self, key: str) -> Any:
+        """A model option from the config, or its default; a MeanFlow run samples in 1 step with its trained-in guidance."""
+        if key in MEAN_FLOW_DEFAULTS and key not in self.config.model and self.mean_flow:
+            return MEAN_FLOW_DEFAULTS[key]
+        return super().option(key)
+
     @property
     def mean_flow(self) -> bool:
         """Whether this is a MeanFlow (average-velocity, one-step) model."""
@@ -176,8 +184,8 @@ class DiffusionFamily(Family):
 
     @property
     def prediction_type(self) -> str:
-        """What the UNet predicts: epsilon, v_prediction, sample, or flow_prediction (the velocity noise - x0)."""
-        return "flow_prediction" if self.flow else self.option("prediction_type")
+        """What the UNet predicts: epsilon, v_prediction, sample, flow_prediction (the velocity noise - x0) or average_velocity (MeanFlow)."""
+        return "average_velocity" if self.mean_flow else "flow_prediction" if self.flow else self.option("prediction_type")
 
     @property
     def sampler(self) -> str:
@@ -317,37 +325,12 @@ class DiffusionFamily(Family):
         `init_images` (in [0, 1]) with `strength` < 1 noises them to that level and denoises (SDEdit). `x0` overrides
         the run's clipping of predicted clean images: none, clip or dynamic.
         """
-        if self.mean_flow:  # its own few-step sampler (genkit/mean_flow.py); images on the [-1, 1] path
-            if init_images is not None:
-                init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
-            return self._generate_mean_flow(n, generator, class_labels, steps, guidance_scale, init_images, strength, callback)
         pipe = self.pipeline(scheduler, timestep_spacing, x0)
         scale = guidance_scale if self.conditional else None  # guidance needs class labels: unconditional runs ignore it
         if init_images is not None and self.autoencoder is not None:  # the pipeline carries the decoder only: encode here
             init_images = self.to_latent(init_images * 2 - 1)
         return pipe(n, class_labels, scale, steps, generator, image=init_images, strength=strength, output_type="pt",
                     callback_on_step_end=step_callback(callback)).images
-
-    def _generate_mean_flow(self, n: int, generator: torch.Generator, class_labels: torch.Tensor | None, steps: int | None,
-                            guidance_scale: float | None, init_images: torch.Tensor | None, strength: float, callback) -> torch.Tensor:
-        """MeanFlow sampling: 1 step unless the config or caller says otherwise; guidance is trained in (scale 1 by default)."""
-        steps = steps if steps is not None else self.config.model.get("sample_steps", 1)
-        scale = guidance_scale if guidance_scale is not None else self.config.model.get("guidance_scale", 1.0)
-        unet = unwrap(self.models["unet"])
-        device = unet.device
-        shape = (n, unet.config.out_channels, unet.config.sample_size, unet.config.sample_size)
-        noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device).to(device)
-        labels = None
-        if self.conditional:
-            labels = torch.full((n,), self.null_label, dtype=torch.long) if class_labels is None else class_labels.long()
-            labels = labels.to(device)
-        start = 1.0
-        if init_images is not None:  # SDEdit: the images on the path at t = strength, then jumps down from there
-            start = strength
-            noise = (1 - strength) * init_images.to(device) + strength * noise
-        z = mean_flow.sample(unet, noise, labels, steps, scale, self.null_label, self.noise_scheduler.config.num_train_timesteps,
-                             None if callback is None else (lambda i, x: callback(i, steps, x)), start=start)
-        return self.to_images(z)
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
