@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
 
+    _add_reflow_parser(sub)
+
     p = sub.add_parser("eval", help="evaluate a trained run (FD/KID/PRDC in genkit's shipped network offline, or Inception FID, DINOv2/CLIP FD, ...)")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-samples", type=int, default=1000)
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `genkit` command."""
     args = parse_args(argv)
     try:
+        if args.command == "reflow-pairs":
+            return _reflow_pairs(args)
         if getattr(args, "device", None):
             from .runs import check_device
 
@@ -422,6 +426,30 @@ def _app(args: argparse.Namespace) -> int:
               "with no budget", file=sys.stderr)
     demo = module.build_demo(initial, policy)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
+def _add_reflow_parser(sub: argparse._SubParsersAction) -> None:
+    """`genkit reflow-pairs`: (noise, image, label) pairs from a flow run, the data of a 2-rectified flow run."""
+    p = sub.add_parser("reflow-pairs", help="draw (noise, image, label) pairs from a flow-matching run for reflow (data.source=the folder)")
+    p.add_argument("run", help="flow-matching run directory or Hub repo id")
+    p.add_argument("--n", type=int, required=True, help="number of pairs")
+    p.add_argument("--out", required=True, help="new folder for the pairs (datasets save_to_disk)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the run's")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _reflow_pairs(args: argparse.Namespace) -> int:
+    if args.n < 1 or args.batch_size < 1 or (args.steps is not None and not 1 <= args.steps <= MAX_STEPS):
+        raise ConfigError(f"--n and --batch-size must be >= 1 and --steps in 1..{MAX_STEPS}")
+    from .reflow import write_pairs
+
+    info = write_pairs(args.run, args.out, args.n, args.seed, args.batch_size, args.steps, args.guidance_scale)
+    print(json.dumps(info, indent=2))
+    print(f"genkit reflow-pairs: {args.n} pairs in {args.out}\nnext: genkit train --config <flow config> --set data.source={args.out} "
+          f"init_from={args.run} model.guidance_scale=1 model.sample_steps=1", file=sys.stderr)
     return 0
 
 

@@ -164,10 +164,9 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     results = eval_results(run_dir, config, dataset, task)
     parent, provenance = base_model(raw.init_from)
     provenance = " ".join(filter(None, [provenance, latent_sentence(raw)]))
-    stock = family == "diffusion" and not conditional and not latent and not flow  # a plain DDPMPipeline
     meta = ModelCardData(library_name=library_name(family), license=MODEL_LICENSE, pipeline_tag=task,
                          tags=["genkit", family, *(["class-conditional"] if conditional else []), *(["flow-matching"] if flow else []),
-                               *(["latent-diffusion"] if latent else []), *(["diffusers:DDPMPipeline"] if stock else []),
+                               *(["latent-diffusion"] if latent else []),
                                *(["model_hub_mixin", "pytorch_model_hub_mixin"] if family != "diffusion" else [])],
                          datasets=[dataset] if dataset else None, base_model=parent, model_name=repo_id.split("/")[-1],
                          eval_results=results or None)
@@ -183,8 +182,8 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     if rows:
         table = f"On the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}"
         sections.append(f"## Metrics\n\n{table}\n\n{protocol_line(results)}".rstrip())
-    snippet = usage(run_dir, family, repo_id, conditional, not stock)
-    sections.append(f"## Usage\n\n```bash\n{install_block(family, not stock)}\n```\n\n```python\n{snippet}\n```")
+    snippet = usage(run_dir, family, repo_id, conditional)
+    sections.append(f"## Usage\n\n```bash\n{install_block(family)}\n```\n\n```python\n{snippet}\n```")
     sections.append(f"## Training config\n\n```yaml\n{yaml.safe_dump(config.to_dict(), sort_keys=False)}```\n\nTrained with "
                     f"`genkit train` (see the genkit README); `training_config.json` in this repo reproduces the run.")
     return "\n\n".join(sections) + "\n"
@@ -226,13 +225,14 @@ def requirement(name: str) -> str:
     return name
 
 
-def install_block(family: str, custom: bool) -> str:
-    """What loading the artifact needs: torch + diffusers for a pipeline whose code travels with it; genkit for the rest."""
-    pipeline = f'pip install torch "{requirement("diffusers")}"'
-    if family == "diffusion" and custom:
-        return f"{pipeline}  # pipeline.py travels with the model: genkit itself is not needed"
+def install_block(family: str) -> str:
+    """What loading the artifact needs: torch + diffusers for a diffusion pipeline (its code travels with it); genkit for the rest."""
     if family == "diffusion":
-        return f"{pipeline}  # DDPMPipeline; genkit's own loader (last lines) needs genkit:\n{INSTALL}"
+        from .pipelines import DIFFUSERS_TESTED  # the range tests/test_diffusers_range.py loads and samples the pipeline with
+
+        oldest, newest = DIFFUSERS_TESTED
+        return (f'pip install torch "{requirement("diffusers")}"  # pipeline.py travels with the model: genkit itself is not needed; '
+                f"tested with diffusers {oldest} to {newest}")
     return INSTALL
 
 
@@ -255,16 +255,11 @@ def sampling_defaults(config: TrainConfig) -> dict[str, Any]:
             "guidance": float(options["guidance_scale"])}
 
 
-def usage(run_dir: Path, family: str, repo_id: str, conditional: bool, custom: bool) -> str:
-    """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it); `custom`: a
-    diffusion run saved with its own pipeline.py (conditional, latent or flow matching), not as a DDPMPipeline."""
+def usage(run_dir: Path, family: str, repo_id: str, conditional: bool) -> str:
+    """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it); every diffusion
+    run loads with `DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)` (its own pipeline.py)."""
     load = f"\n\n# every family, with its config and class names:\nfrom genkit.runs import load_family\n\nfamily = load_family(\"{repo_id}\")"
     run = sampling_defaults(TrainConfig.load(run_dir)) if family == "diffusion" else {}
-    if family == "diffusion" and not custom:
-        return (f"import torch\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"{repo_id}\")\n"
-                f"images = pipe(batch_size=4, num_inference_steps=50).images  # PIL images\n"
-                f"{load}\nimages = family.generate(4, torch.Generator().manual_seed(0), scheduler=\"{run['sampler']}\", "
-                f"steps={run['steps']})  # the run's sampler; any scheduler")
     if family == "diffusion":  # the pipeline class travels with the run as pipeline.py
         call = f"class_labels=[0, 1, 2, 3], guidance_scale={run['guidance']:g}" if conditional else "batch_size=4"
         return (f"from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained(\"{repo_id}\", trust_remote_code=True)\n"

@@ -28,6 +28,10 @@ from .runs import LOAD_FILES, load_run, quiet_loading
 logger = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+# Building a model is not thread-safe in this stack: diffusers' low-memory loading patches torch.nn.Module globally (another
+# thread's module is then built on the meta device: "Cannot copy out of meta tensor") and quiet_loading swaps sys.stdout.
+# Every build in a server takes this lock; downloads happen outside it.
+BUILD_LOCK = threading.RLock()
 REJECTED = "This model is not available here. Choose a listed model, or enter the Hub id (owner/name) of a public genkit model."
 
 
@@ -123,6 +127,12 @@ class SourcePolicy:
             raise ValueError(f"data_info out of range: {info}")
         if config.model.get("autoencoder") and not (path / "autoencoder" / "config.json").is_file():
             raise ValueError("latent diffusion without its autoencoder folder would load one from elsewhere")
+        with BUILD_LOCK:
+            return self._build(path, config, info, family, device)
+
+    def _build(self, path: Path, config: TrainConfig, info: DataInfo, family: type[Family], device: str | torch.device) -> Family:
+        """Count parameters and FLOPs on the meta device, then load for real (under BUILD_LOCK)."""
+        limits = self.limits
         with torch.device("meta"), warnings.catch_warnings(), quiet_loading():  # builds each module from its config, checks shapes, allocates nothing
             warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": the point here
             models = family.load_models(path)
@@ -203,6 +213,11 @@ class ModelCache:
                 return self._loaded[source]
             self._raise_recent_failure(source)
             return None
+
+    def loaded(self) -> list:
+        """The models loaded now."""
+        with self._guard:
+            return list(self._loaded.values())
 
     def is_loading(self, source: str) -> bool:
         """Whether a load of `source` is under way."""

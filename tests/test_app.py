@@ -91,8 +91,8 @@ def test_sample_rejects_what_cannot_generate(client, runs):
         client.predict(str(runs / "dae"), "ddim", 5, "(none)", 1.0, 0, 4, api_name="/sample")
     with pytest.raises(AppError, match="Cannot load"):
         client.predict(str(runs / "nowhere"), "ddim", 5, "(none)", 1.0, 0, 4, api_name="/sample")
-    with pytest.raises(AppError, match="greater than maximum value 64|between 1 and 64"):
-        client.predict(str(runs / "diffusion"), "ddim", 5, "(none)", 1.0, 0, 100, api_name="/sample")
+    with pytest.raises(AppError, match="greater than maximum value 100|between 1 and 100"):
+        client.predict(str(runs / "diffusion"), "ddim", 5, "(none)", 1.0, 0, 101, api_name="/sample")
     assert image_size(client.predict(str(runs / "vae2d"), "ddim", 5, "(none)", 1.0, 0, 9, api_name="/sample"))[0] > 0
 
 
@@ -256,3 +256,33 @@ def test_browser_opens_on_the_tab_that_fits_the_family(runs):
             browser.close()
     finally:
         demo.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def test_browser_shows_the_whole_grid_and_the_runs_own_defaults(app_url, runs):
+    """#29-2: the Sample tab opens on the run's own steps (here 2), and a 10 x 10 grid is shown whole: every row inside the box,
+    below the block's label, scaled (not cropped)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app_url)
+        steps = page.get_by_label("number input for Steps (diffusion)")
+        playwright.expect(steps).to_have_value("2", timeout=120_000)  # the run's sample_steps, set when the model loaded
+        count = page.get_by_label("number input for Number of images")
+        count.fill("100")
+        count.press("Enter")
+        page.click("#sample-button")
+        page.wait_for_function("() => { const i = document.querySelector('#sample-output img'); return i && i.complete && i.naturalHeight > 1000 }",
+                               timeout=180_000)
+        box = page.evaluate("""() => { const i = document.querySelector('#sample-output img'), r = i.getBoundingClientRect();
+            const b = document.querySelector('#sample-output').getBoundingClientRect();
+            const l = document.querySelector('#sample-output [data-testid=block-label]').getBoundingClientRect();
+            return {img: [r.left, r.top, r.right, r.bottom], box: [b.left, b.top, b.right, b.bottom], label: l.bottom,
+                    natural: [i.naturalWidth, i.naturalHeight], fit: getComputedStyle(i).objectFit} }""")
+        browser.close()
+    (left, top, right, bottom), (bl, bt, br, bb) = box["img"], box["box"]
+    assert bl <= left and bt <= top and right <= br + 1 and bottom <= bb + 1  # inside the box
+    assert top >= box["label"] - 1 and box["fit"] == "contain"  # below the label; contain: scaled, never cropped
+    width, height = box["natural"]
+    assert abs((right - left) / (bottom - top) - width / height) < 0.02  # the whole image, at its own aspect ratio

@@ -1,0 +1,10 @@
+"""The genkit Gradio app (spaces/app.py is its entry point): sample, denoise and explore the latents of genkit models.
+
+As a public Space: only listed models (GENKIT_MODELS or space.json) and, unless GENKIT_ALLOW_HUB=0, Hub ids of genkit models,
+within the GENKIT_MAX_* limits (`limits.Settings`, `genkit.safe_load.Limits`); requests wait in bounded, priced queues
+(`queue`). Locally (`genkit app RUN_DIR`, or GENKIT_SPACE=0): any run directory or Hub id, with no limits.
+"""
+
+from .ui import build_demo, space_policy
+
+__all__ = ["build_demo", "space_policy"]
