@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from genkit.config import TrainConfig  # noqa: E402
 from genkit.engine import train  # noqa: E402
 from genkit.evaluation import class_accuracy, get_classifier, real_pair  # noqa: E402
-from genkit.evaluation.distances import fid_kid  # noqa: E402
+from genkit.evaluation.distances import fd_kid  # noqa: E402
 from genkit.evaluation.features import ClassifierSpace  # noqa: E402
 from genkit.reflow import is_pairs_folder, write_pairs  # noqa: E402
 from genkit.runs import load_family  # noqa: E402
@@ -82,7 +82,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     space = ClassifierSpace(classifier)
     real, other = real_pair(data, n)
     real_features = space.extract(real)
-    floor = fid_kid(real_features, space.extract(other))["fid"]
+    floor = fd_kid(real_features, space.extract(other))["fd"]
     labels = torch.arange(n) % 10
     cells: dict[tuple[str, int], str] = {}
     speed: dict[tuple[str, int], float] = {}
@@ -96,7 +96,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
                 started = time.process_time()
                 fake = torch.cat([family.generate(len(c), generator, labels[c], steps=nfe) for c in torch.arange(n).split(250)])
                 seconds = 1000 * (time.process_time() - started) / n
-                done[str(nfe)] = {"fd": fid_kid(real_features, space.extract(fake))["fid"], "acc": class_accuracy(fake, labels, classifier),
+                done[str(nfe)] = {"fd": fd_kid(real_features, space.extract(fake))["fd"], "acc": class_accuracy(fake, labels, classifier),
                                   "cpu_per_1k": seconds, "load": os.getloadavg()[0]}
                 record.write_text(json.dumps(done, indent=1))
             got = done[str(nfe)]
