@@ -36,6 +36,7 @@ from genkit.runs import load_family  # noqa: E402
 FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
 MF_CONFIG = REPO / "training" / "configs" / "meanflow_mnist_5min.yaml"
 ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow")
+EXTRA_ROWS = ("flow_base",)  # the shorter flow run reflow and MeanFlow-from-flow start from, for reference
 
 
 def cpu_of(run: Path) -> float:
@@ -90,7 +91,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     for row, family in families.items():
         record = work / f"scores-{row}-{n}.json"
         done = json.loads(record.read_text()) if record.is_file() else {}
-        for nfe in [*nfes, *([8] if row == "flow" else [])]:
+        for nfe in [*nfes, *([8] if row.startswith("flow") else [])]:
             if str(nfe) not in done:
                 generator = torch.Generator().manual_seed(1234)
                 started = time.process_time()
@@ -130,7 +131,7 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX folder (offline)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score (finished runs only)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA_ROWS, help="rows to score (finished runs only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -139,7 +140,7 @@ def main() -> None:
     if args.train:
         cpu = train_all(work, args.budget, args.base, data, args.pairs)
     else:
-        cpu = {row: cpu_of(work / row) for row in ROWS if (work / row / "metrics.json").is_file()}
+        cpu = {row: cpu_of(work / row) for row in ROWS + EXTRA_ROWS if (work / row / "metrics.json").is_file()}
         base = cpu_of(work / "flow_base") if (work / "flow_base" / "metrics.json").is_file() else float("nan")
         pairs = json.loads((work / "pairs_cpu.json").read_text())["cpu_seconds"] if (work / "pairs_cpu.json").is_file() else float("nan")
         for row, extra in (("meanflow_from_flow", base), ("reflow", base + pairs)):  # the start run (and pairs) count
