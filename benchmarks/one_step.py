@@ -36,6 +36,8 @@ from genkit.runs import load_family  # noqa: E402
 FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
 MF_CONFIG = REPO / "training" / "configs" / "meanflow_mnist_5min.yaml"
 ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow")
+# the shorter flow run reflow and MeanFlow-from-flow start from, and MeanFlow from flow with mf_grid 0.5 and learning rate 1e-3
+EXTRA_ROWS = ("flow_base", "meanflow_from_flow_grid")
 
 
 def cpu_of(run: Path) -> float:
@@ -90,7 +92,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     for row, family in families.items():
         record = work / f"scores-{row}-{n}.json"
         done = json.loads(record.read_text()) if record.is_file() else {}
-        for nfe in [*nfes, *([8] if row == "flow" else [])]:
+        for nfe in [*nfes, *([8] if row.startswith("flow") else [])]:
             if str(nfe) not in done:
                 generator = torch.Generator().manual_seed(1234)
                 started = time.process_time()
@@ -130,7 +132,7 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX folder (offline)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score (finished runs only)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA_ROWS, help="rows to score (finished runs only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -139,12 +141,11 @@ def main() -> None:
     if args.train:
         cpu = train_all(work, args.budget, args.base, data, args.pairs)
     else:
-        cpu = {row: cpu_of(work / row) for row in ROWS if (work / row / "metrics.json").is_file()}
+        cpu = {row: cpu_of(work / row) for row in ROWS + EXTRA_ROWS if (work / row / "metrics.json").is_file()}
         base = cpu_of(work / "flow_base") if (work / "flow_base" / "metrics.json").is_file() else float("nan")
         pairs = json.loads((work / "pairs_cpu.json").read_text())["cpu_seconds"] if (work / "pairs_cpu.json").is_file() else float("nan")
-        for row, extra in (("meanflow_from_flow", base), ("reflow", base + pairs)):  # the start run (and pairs) count
-            if row in cpu:
-                cpu[row] += extra
+        for row in cpu:  # the start run (and the pairs) count
+            cpu[row] += base if row.startswith("meanflow_from_flow") else base + pairs if row == "reflow" else 0
     score(work, cpu, args.n, args.nfe, args.rows)
 
 

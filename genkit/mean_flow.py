@@ -31,6 +31,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 OPTIONS: dict[str, Any] = {
     "mf_ratio": 0.25,  # share of samples with r != t (the rest keep flow matching's target); the paper's best is 25%
     "mf_time_mean": -0.4, "mf_time_std": 1.0,  # logit-normal (sigmoid of N(mean, std)) for both times, then sorted
+    # share of the r != t samples put on the jumps the 1-, 2- and 4-step samplers make ((0, 1), (0, 1/2), ...): a short
+    # training run rarely draws t - r near 1 from the logit-normal, yet one-step sampling uses exactly that jump
+    "mf_grid": 0.0,
     "mf_adaptive_p": 1.0, "mf_adaptive_c": 1.0e-3,  # loss weight 1 / (||err||^2 + c)^p, stop-gradient (p = 1: the paper's)
     "mf_omega": 1.0, "mf_kappa": 0.0,  # CFG in the target: omega = 1, kappa = 0 is no guidance
     "mf_jvp": "auto",  # auto (torch.func.jvp, finite difference where unsupported), jvp, or fd
@@ -43,6 +46,8 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def check_options(m: dict[str, Any]) -> None:
     """Raise ValueError naming the option when a MeanFlow setting is impossible."""
+    if not 0 <= m["mf_grid"] <= 1:
+        raise ValueError(f"model.mf_grid (share of r != t samples on the sampler's jumps) must be in [0, 1], got {m['mf_grid']}")
     if not 0 <= m["mf_ratio"] <= 1:
         raise ValueError(f"model.mf_ratio (share of samples with r != t) must be in [0, 1], got {m['mf_ratio']}")
     if not m["mf_time_std"] > 0 or m["mf_adaptive_p"] < 0 or not m["mf_adaptive_c"] > 0:
@@ -54,11 +59,17 @@ def check_options(m: dict[str, Any]) -> None:
 
 
 def sample_times(n: int, ratio: float, mean: float, std: float, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(r, t) with r <= t: two logit-normal draws sorted, and r = t for a share 1 - `ratio` of them."""
+                 device: torch.device | str = "cpu", grid: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, t) with r <= t: two logit-normal draws sorted, and r = t for a share 1 - `ratio` of them; a share `grid` of
+    the others is one jump (k/m, (k+1)/m) of an m = 1, 2 or 4-step sampler."""
     a, b = (torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device)) for _ in range(2))
     t, r = torch.maximum(a, b), torch.minimum(a, b)
     equal = torch.rand(n, generator=generator, device=device) >= ratio
+    if grid > 0:
+        on = ~equal & (torch.rand(n, generator=generator, device=device) < grid)
+        steps = torch.tensor([1.0, 2.0, 4.0], device=device)[torch.randint(0, 3, (n,), generator=generator, device=device)]
+        k = torch.floor(torch.rand(n, generator=generator, device=device) * steps)
+        t, r = torch.where(on, (k + 1) / steps, t), torch.where(on, k / steps, r)
     return torch.where(equal, t, r), t
 
 
@@ -125,7 +136,7 @@ class MeanFlowLoss:
                  null_label: int | None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The adaptively weighted MeanFlow loss on a batch, and the plain MSE to log."""
         n = len(x0)
-        r, t = sample_times(n, self.o["mf_ratio"], self.o["mf_time_mean"], self.o["mf_time_std"], generator, x0.device)
+        r, t = sample_times(n, self.o["mf_ratio"], self.o["mf_time_mean"], self.o["mf_time_std"], generator, x0.device, self.o["mf_grid"])
         tt = t.view(-1, 1, 1, 1)
         z = (1 - tt) * x0 + tt * noise
         v = self.target_velocity(unet, z, t, noise - x0, labels, null_label)

@@ -498,7 +498,8 @@ class GenkitDiffusionPipeline(DiffusionPipeline):
         self.check_scheduler()
         device, dtype = self._execution_device, self.unet.dtype
         size = self.unet.config.sample_size
-        shape = (batch_size, getattr(self.unet.config, "out_channels", self.unet.config.in_channels), *((size, size) if isinstance(size, int) else size))
+        channels = self.unet.config.in_channels - (self.prediction_type == "average_velocity")  # MeanFlow: + the t - r channel
+        shape = (batch_size, channels, *((size, size) if isinstance(size, int) else size))
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} (batch, channels, height, width of the UNet's samples), got {tuple(latents.shape)}")
         start = None if image is None else self.prepare_image(image, shape, device, dtype)

@@ -127,6 +127,10 @@ def test_time_sampling_keeps_the_share_of_r_equal_t():
     r, t = mean_flow.sample_times(20000, 0.25, -0.4, 1.0, torch.Generator().manual_seed(0))
     assert (r <= t).all() and 0 < r.min() and t.max() < 1
     assert abs((r < t).float().mean().item() - 0.25) < 0.015
+    r, t = mean_flow.sample_times(20000, 0.5, -0.4, 1.0, torch.Generator().manual_seed(0), grid=0.5)
+    jumps = {(round(a, 4), round(b, 4)) for a, b in zip(r.tolist(), t.tolist()) if (b - a) in (1.0, 0.5, 0.25)}
+    assert jumps == {(0.0, 1.0), (0.0, 0.5), (0.5, 1.0), (0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)}
+    assert abs(sum((b - a) in (1.0, 0.5, 0.25) for a, b in zip(r.tolist(), t.tolist())) / 20000 - 0.25) < 0.015
 
 
 def test_one_step_sample_of_a_known_field_is_exact():
