@@ -113,9 +113,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def crowd(run: Path, d: dict, clients: int, requests: int) -> dict:
+def logged_ratios(log: Path) -> list[float]:
+    """predicted / actual of every /sample the server logged, in order."""
+    ratios = []
+    for line in log.read_text().splitlines():
+        if "/sample: predicted" in line:
+            predicted, took = (float(part.split()[1]) for part in line.split("/sample: ")[1].split(", ")[:2])
+            ratios.append(predicted / took)
+    return ratios
+
+
+def crowd(run: Path, d: dict, clients: int, requests: int, folder: Path) -> dict:
     """`clients` threads, each sending `requests` default /sample requests one after the other."""
-    server = Server(run)
+    log = folder / "crowd.log"
+    server = Server(run, log=log)
     try:
         before = server.rss_mb()
         server.reset_peak()
@@ -140,6 +151,10 @@ def crowd(run: Path, d: dict, clients: int, requests: int) -> dict:
                 "RSS growth MB": server.rss_mb() - before, "peak growth MB": server.rss_mb("VmHWM") - before}
     finally:
         server.close()
+        ratios = logged_ratios(log)
+        if ratios:  # the running correction at work: the first requests against the later ones
+            print(f"crowd: predicted/actual, first request {ratios[0]:.2f}; median of the rest {statistics.median(ratios[1:] or ratios):.2f}; "
+                  f"10th-90th percentile {percentile(ratios, 10):.2f}-{percentile(ratios, 90):.2f} over {len(ratios)} requests")
 
 
 def worst_requests(run: Path, d: dict, folder: Path) -> list[dict]:
@@ -236,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     d = defaults(run)
     loads, cpu = [os.getloadavg()[0]], time.process_time()
     print(f"default request: {d}")
-    result = crowd(run, d, args.clients, args.requests)
+    result = crowd(run, d, args.clients, args.requests, folder)
     loads.append(os.getloadavg()[0])
     print(f"\n{args.clients} clients x {args.requests} default /sample:", json.dumps(result, default=lambda x: round(x, 2) if isinstance(x, float) else str(x)))
     for row in worst_requests(run, d, folder):
