@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"default request: {d}")
     if "crowd" in parts:
         result = crowd(run, d, args.clients, args.requests, folder)
-        print(f"\n{args.clients} clients x {args.requests} default /sample:", json.dumps(result, default=lambda x: round(x, 2) if isinstance(x, float) else str(x)))
+        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+        print(f"\n{args.clients} clients x {args.requests} default /sample:", json.dumps(shown, default=str))
         loads.append(os.getloadavg()[0])
     if "worst" in parts:
         for row in worst_requests(run, d, folder):
