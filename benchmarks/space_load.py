@@ -238,9 +238,12 @@ def race_runs(folder: Path, rounds: int) -> list[str]:
     from genkit.engine import train
 
     root, data = folder / "race", make_idx_folder(folder / "idx")
-    train(tiny_config(data, root / "diffusion", family="diffusion", model={"preset": "tiny", "sample_steps": 2}, data={"value_range": "-1,1"}, max_steps=2))
-    train(tiny_config(data, root / "dae", data={"corruption": "gaussian"}, max_steps=4))
-    train(tiny_config(data, root / "vae2d", family="vae", model={"latent_dim": 2, "hidden_dims": [32]}, max_steps=4))
+    configs = {"diffusion": dict(family="diffusion", model={"preset": "tiny", "sample_steps": 2}, data={"value_range": "-1,1"}, max_steps=2),
+               "dae": dict(data={"corruption": "gaussian"}, max_steps=4),
+               "vae2d": dict(family="vae", model={"latent_dim": 2, "hidden_dims": [32]}, max_steps=4)}
+    for name, overrides in configs.items():
+        if not (root / name / "training_config.json").is_file():
+            train(tiny_config(data, root / name, **overrides))
     return race(root, rounds)
 
 
