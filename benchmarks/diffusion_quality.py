@@ -5,12 +5,12 @@
 
 A scheduler written `name:steps` runs at those steps only; a plain name runs at every `--steps`. Every run is sampled
 from the same seed and scored against the same real images, so rows compare across runs, schedulers and x0 modes.
-FID/KID use genkit's offline classifier features (`genkit.evaluation`); the training-data floor is printed with them.
+FD/KID are measured in genkit's shipped feature network (`genkit-mnist-v1`, `genkit.evaluation`); the training-data floor is printed with them.
 
 The few-step table (`--few-step`) trains its own models: epsilon, v and flow-matching objectives on the same UNet, for the
 same steps (the same CPU seconds: the objectives cost the same per step; each run's CPU seconds are printed), `--seeds`
 each, then scores each with deterministic samplers at `--nfe` network evaluations and the epsilon / v models with
-DDPM-1000 (FID, precision, recall, class accuracy; the mean over seeds):
+DDPM-1000 (FD, precision, recall, class accuracy; the mean over seeds):
 
     python benchmarks/diffusion_quality.py --few-step --config training/configs/diffusion_mnist_5min.yaml \
         --set max_steps=2000 --seeds 0 1 --nfe 1 2 4 8 16 32 --work runs/few-step --data-dir ../shared/data/mnist
@@ -50,7 +50,7 @@ def scheduler_steps(entries: list[str], default_steps: list[int]) -> list[tuple[
 
 
 def main() -> None:
-    """Print a markdown table: run x scheduler x steps x x0 -> FID, KID, class accuracy, ms per image."""
+    """Print a markdown table: run x scheduler x steps x x0 -> FD, KID, class accuracy, ms per image."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*")
     parser.add_argument("--few-step", action="store_true", help="train epsilon / v / flow models and print the NFE table")
@@ -81,9 +81,9 @@ def main() -> None:
     classifier = get_classifier(data, args.device)
     real, other_real = real_pair(data, args.num_samples)
     floor = floors(data, real, other_real, classifier)
-    print(f"\nfloors ({args.num_samples} images, device {args.device}): training images FID {floor['fid_train_floor']:.3f}, "
-          f"KID {floor['kid_train_floor']:.5f}; test vs test FID {floor['fid_real_floor']:.3f}\n")
-    print("| run | scheduler | steps | x0 | FID | KID | class accuracy | ms / image |")
+    print(f"\nfloors ({args.num_samples} images, device {args.device}): training images FD {floor['fd_train_floor']:.3f}, "
+          f"KID {floor['kid_train_floor']:.5f}; test vs test FD {floor['fd_test_floor']:.3f}\n")
+    print("| run | scheduler | steps | x0 | FD | KID | class accuracy | ms / image |")
     print("|---|---|---|---|---|---|---|---|")
     for run, family in families.items():
         labels = torch.arange(args.num_samples) % family.info.num_classes if family.conditional else None
@@ -96,7 +96,7 @@ def main() -> None:
             fake = torch.cat(chunks)
             scores = feature_distances(real, fake, classifier)
             accuracy = f"{class_accuracy(fake, labels, classifier):.3f}" if labels is not None else ""
-            print(f"| {run} | {name} | {steps} | {x0 or family.x0_handling().mode} | {scores['fid']:.2f} | {scores['kid']:.4f} | {accuracy} | "
+            print(f"| {run} | {name} | {steps} | {x0 or family.x0_handling().mode} | {scores['fd']:.2f} | {scores['kid']:.4f} | {accuracy} | "
                   f"{1000 * seconds / args.num_samples:.1f} |", flush=True)
 
 

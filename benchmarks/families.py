@@ -30,7 +30,7 @@ RUNS = {
     "DCGAN": ("dcgan_mnist.yaml", ["epochs=3"]),
     "RBM (PCD-1, 500 hidden)": ("rbm_mnist.yaml", ["epochs=3"]),
 }
-KEYS = ["mse", "pca32_mse", "denoise_mse", "noisy_input_mse", "anomaly_auroc", "elbo", "nll_iw100", "fid", "fid_real_floor", "kid", "kmeans_ari", "kmeans_nmi"]
+KEYS = ["mse", "pca32_mse", "denoise_mse", "noisy_input_mse", "anomaly_auroc", "elbo", "nll_iw100", "fd", "fd_test_floor", "kid", "kmeans_ari", "kmeans_nmi"]
 
 
 def run_one(name: str, dataset: str, data_dir: str | None, root: Path, num_samples: int) -> dict:

@@ -16,8 +16,8 @@ import torch
 from genkit.config import TrainConfig
 from genkit.engine import train
 from genkit.evaluation import class_accuracy, get_classifier, prdc, real_pair, training_images
-from genkit.evaluation.distances import fid_kid
-from genkit.evaluation.features import ClassifierSpace
+from genkit.evaluation.distances import fd_kid
+from genkit.evaluation.features import feature_space
 from genkit.families.diffusion import DDPM_ONLY
 from genkit.runs import load_family
 
@@ -82,19 +82,19 @@ def train_models(config_path: str, overrides: list[str], objectives: list[str], 
 
 def few_step_table(models: list[Trained], nfes: list[int], ddpm_steps: int, num_samples: int, guidance: float | None, device: str,
                    threads: int, samplers: list[str] | None = None) -> None:
-    """Print one row per (objective, sampler, NFE): FID, precision, recall, class accuracy, each the mean of the seeds."""
+    """Print one row per (objective, sampler, NFE): FD, precision, recall, class accuracy, each the mean of the seeds."""
     torch.set_num_threads(threads)
     families = {(m.objective, m.seed): load_family(str(m.run), device) for m in models}
     data = next(iter(families.values())).config.data
     classifier = get_classifier(data, device)
-    space = ClassifierSpace(classifier)
+    space = feature_space("genkit", data, device)  # the shipped network (machine-local classifier for other data)
     real, other = real_pair(data, num_samples)
     real_features = space.extract(real)
-    floor = fid_kid(real_features, space.extract(other))["fid"]
-    train_floor = fid_kid(real_features, space.extract(training_images(data, num_samples)))["fid"]
-    print(f"\n{num_samples} samples per score, classifier features; FID floors: training images {train_floor:.1f}, test vs test {floor:.1f}")
+    floor = fd_kid(real_features, space.extract(other))["fd"]
+    train_floor = fd_kid(real_features, space.extract(training_images(data, num_samples)))["fd"]
+    print(f"\n{num_samples} samples per score, genkit-mnist-v1 features; FD floors: training images {train_floor:.1f}, test vs test {floor:.1f}")
     print("CPU seconds of training: " + ", ".join(f"{m.objective}/{m.seed} {m.cpu_seconds:.0f} ({m.steps} steps)" for m in models) + "\n")
-    print("| objective | sampler | NFE | FID (per seed) | FID mean | precision | recall | class acc | s / 1k images |")
+    print("| objective | sampler | NFE | FD (per seed) | FD mean | precision | recall | class acc | s / 1k images |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for objective in dict.fromkeys(m.objective for m in models):
@@ -115,23 +115,23 @@ def few_step_table(models: list[Trained], nfes: list[int], ddpm_steps: int, num_
                                                   guidance_scale=guidance).cpu() for c in torch.arange(num_samples).split(250)])
                 seconds = time.perf_counter() - started
                 features = space.extract(fake)
-                score = {"fid": fid_kid(real_features, features)["fid"], **prdc(real_features, features), "seconds": seconds}
+                score = {"fd": fd_kid(real_features, features)["fd"], **prdc(real_features, features), "seconds": seconds}
                 score["acc"] = class_accuracy(fake, labels, classifier) if labels is not None else float("nan")
                 scores.append(score)
             mean = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
             rows.append((objective, sampler, nfe_of(sampler, steps), mean))
-            per_seed = " / ".join(f"{s['fid']:.1f}" for s in scores)
-            print(f"| {objective} | {sampler} | {nfe_of(sampler, steps)} | {per_seed} | {mean['fid']:.1f} | "
+            per_seed = " / ".join(f"{s['fd']:.1f}" for s in scores)
+            print(f"| {objective} | {sampler} | {nfe_of(sampler, steps)} | {per_seed} | {mean['fd']:.1f} | "
                   f"{mean['precision']:.3f} | {mean['recall']:.3f} | {mean['acc']:.3f} | {1000 * mean['seconds'] / num_samples:.1f} |", flush=True)
     pivot(rows, nfes)
 
 
 def pivot(rows: list, nfes: list[int]) -> None:
-    """Mean FID per (objective, sampler) against NFE, the best of each objective marked."""
-    print("\nmean FID against NFE (deterministic samplers; DDPM-1000 is ancestral)\n")
+    """Mean FD per (objective, sampler) against NFE, the best of each objective marked."""
+    print("\nmean FD against NFE (deterministic samplers; DDPM-1000 is ancestral)\n")
     columns = sorted({r[2] for r in rows})
     print("| objective / sampler | " + " | ".join(str(c) for c in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for key in dict.fromkeys((r[0], r[1]) for r in rows):
-        cells = {r[2]: r[3]["fid"] for r in rows if (r[0], r[1]) == key}
+        cells = {r[2]: r[3]["fd"] for r in rows if (r[0], r[1]) == key}
         print(f"| {key[0]} / {key[1]} | " + " | ".join(f"{cells[c]:.1f}" if c in cells else "" for c in columns) + " |")

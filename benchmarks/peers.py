@@ -19,7 +19,7 @@ and RBM's cosine) are mid-schedule: the curve's inner points are not what a shor
 genkit's CPU seconds: the engine's periodic evaluations and sample grids are turned off (one evaluation at the end, on 256
 test images, and a 10-image grid remain), so they count training plus a small fixed cost per `train` call (data, the export).
 
-Evaluator: FID in genkit's classifier feature space against the MNIST test split; class accuracy of conditional samples (genkit's
+Evaluator: FD in genkit-mnist-v1 feature space against the MNIST test split; class accuracy of conditional samples (genkit's
 classifier); the test log-likelihood where it is defined (IW-NLL k=`--nll-k` for the VAEs, AIS for the RBMs). The same code
 scores both columns. Prints the table of genkit / reference ratios at equal epochs and at equal CPU seconds, every point of the
 curves, and writes a plot of each metric against CPU seconds (`--plot`).
@@ -56,7 +56,7 @@ from genkit.runs import load_family
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "training" / "configs"
-LOWER_IS_BETTER = {"FID": True, "NLL": True, "-LL": True, "class acc": False}
+LOWER_IS_BETTER = {"FD": True, "NLL": True, "-LL": True, "class acc": False}
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Family:
 
 
 class Evaluator:
-    """genkit's evaluator on the MNIST test split: classifier-feature FID, class accuracy, IW-NLL, AIS log-likelihood."""
+    """genkit's evaluator on the MNIST test split: classifier-feature FD, class accuracy, IW-NLL, AIS log-likelihood."""
 
     def __init__(self, data_dir: str, num_samples: int, nll_k: int, ais_betas: int):
         self.data = DataConfig(source="mnist", data_dir=data_dir)
@@ -94,19 +94,19 @@ class Evaluator:
         self.classifier = get_classifier(self.data)
         self.real, _ = real_pair(self.data, num_samples)
 
-    def fid(self, fake01: torch.Tensor) -> float:
-        """FID of `fake01` against the first `n` test images."""
-        return feature_distances(self.real, fake01[: self.n].cpu(), self.classifier)["fid"]
+    def fd(self, fake01: torch.Tensor) -> float:
+        """FD of `fake01` against the first `n` test images."""
+        return feature_distances(self.real, fake01[: self.n].cpu(), self.classifier)["fd"]
 
     def samples(self, generate: Callable[..., torch.Tensor]) -> dict[str, float]:
-        """FID of n unconditional samples of `generate(n, generator)`."""
-        return {"FID": self.fid(generate(self.n, torch.Generator().manual_seed(0)))}
+        """FD of n unconditional samples of `generate(n, generator)`."""
+        return {"FD": self.fd(generate(self.n, torch.Generator().manual_seed(0)))}
 
     def conditional(self, generate: Callable[..., torch.Tensor]) -> dict[str, float]:
-        """FID and class accuracy of n samples, the classes in turn."""
+        """FD and class accuracy of n samples, the classes in turn."""
         labels = torch.arange(self.n) % 10
         images = generate(self.n, torch.Generator().manual_seed(0), labels)
-        return {"FID": self.fid(images), "class acc": class_accuracy(images, labels, self.classifier)}
+        return {"FD": self.fd(images), "class acc": class_accuracy(images, labels, self.classifier)}
 
     @torch.no_grad()
     def vae(self, model: torch.nn.Module) -> dict[str, float]:
@@ -116,12 +116,12 @@ class Evaluator:
         return {"NLL": torch.cat([model.importance_nll(x, self.nll_k, g) for x in test.split(max(1, 50_000 // self.nll_k))]).mean().item()}
 
     def rbm(self, rbm: BernoulliRBM) -> dict[str, float]:
-        """AIS test log-likelihood (100 runs) and FID of Gibbs samples (1,000 steps from draws of the training pixel rates)."""
+        """AIS test log-likelihood (100 runs) and FD of Gibbs samples (1,000 steps from draws of the training pixel rates)."""
         rate = self.train01.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3)
         log_z, _ = rbm.ais_log_partition(torch.log(rate) - torch.log1p(-rate), 100, self.ais_betas, torch.Generator().manual_seed(0))
         test = binarize_fixed(self.test01, torch.arange(len(self.test01))).flatten(1)
         samples = rbm.sample(self.n, 1000, torch.Generator().manual_seed(0))
-        return {"-LL": -rbm.log_likelihood(test, log_z).mean().item(), "FID": self.fid(samples)}
+        return {"-LL": -rbm.log_likelihood(test, log_z).mean().item(), "FD": self.fd(samples)}
 
 
 def mnist(data_dir: str, split: str = "train") -> torch.Tensor:
@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", help="UNet preset of both diffusion models")
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for both diffusion models")
     parser.add_argument("--epochs", type=float, default=None, help="one budget for every family (default: each family's)")
-    parser.add_argument("--num-samples", type=int, default=1000, help="images per FID")
+    parser.add_argument("--num-samples", type=int, default=1000, help="images per FD")
     parser.add_argument("--nll-k", type=int, default=1000)
     parser.add_argument("--ais-betas", type=int, default=14_500)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "peers_cpu_mnist.png")
@@ -256,8 +256,8 @@ def main() -> None:
             ref = reference_curve(fam, epochs, [p.cpu for p in ours])
             results[name] = ours + ref
             print_family(name, fam, epochs, ours, ref)
-    print(f"\nMNIST, FID on {args.num_samples} samples in genkit's classifier features (training-data floor "
-          f"{ev.fid(ev.train01[: args.num_samples]):.1f}); CPU seconds by time.process_time, one thread, sides run one after the other")
+    print(f"\nMNIST, FD on {args.num_samples} samples in genkit-mnist-v1 features (training-data floor "
+          f"{ev.fd(ev.train01[: args.num_samples]):.1f}); CPU seconds by time.process_time, one thread, sides run one after the other")
     print("\n| family: reference / genkit | metric | epochs | reference | genkit | genkit / reference, equal epochs | CPU s: genkit "
           "| reference at genkit's CPU s (its epochs) | genkit / reference, equal CPU | CPU s at equal epochs: reference / genkit |")
     print("|---|---|---|---|---|---|---|---|---|---|")

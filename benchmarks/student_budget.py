@@ -5,8 +5,8 @@
 
 Runs `genkit train` in a subprocess (the command a student types; all cores, torch's default threads), timing the whole
 command by the wall clock and sampling the machine's load average every 5 s while it runs. Then samples `--num-samples`
-images with the run's own sampler, steps and guidance, one class after another, and reports FID, precision / recall
-(genkit's classifier features, against the test split, beside two floors: the training images' and a second draw of test
+images with the run's own sampler, steps and guidance, one class after another, and reports FD, precision / recall
+(genkit-mnist-v1 features, against the test split, beside two floors: the training images' and a second draw of test
 images'), class accuracy, and how many tiles are noise: a tile whose share of mid-grey pixels (0.2-0.8) is above 0.3 is counted as pure noise (no real test
 digit has more than 0.114; uniform noise has 0.6), one above the real maximum as noisy.
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from genkit.evaluation import class_accuracy, get_classifier, prdc, real_pair, training_images
-from genkit.evaluation.distances import fid_kid
-from genkit.evaluation.features import ClassifierSpace
+from genkit.evaluation.distances import fd_kid
+from genkit.evaluation.features import feature_space
 from genkit.plots import save_grid
 from genkit.runs import load_family
 
@@ -78,18 +78,18 @@ def main() -> None:
         family = load_family(str(run))
         data = family.config.data
         classifier = get_classifier(data)
-        space = ClassifierSpace(classifier)
+        space = feature_space("genkit", data)  # the shipped network (machine-local classifier for other data)
         real, other = real_pair(data, args.num_samples)
         real_features = space.extract(real)
-        test_floor = fid_kid(real_features, space.extract(other))["fid"]
-        train_floor = fid_kid(real_features, space.extract(training_images(data, args.num_samples)))["fid"]
+        test_floor = fd_kid(real_features, space.extract(other))["fd"]
+        train_floor = fd_kid(real_features, space.extract(training_images(data, args.num_samples)))["fd"]
         labels = torch.arange(args.num_samples) % family.info.num_classes
         generator = torch.Generator().manual_seed(0)
         sampling_started = time.perf_counter()
         fake = torch.cat([family.generate(len(c), generator, labels[c]).cpu() for c in torch.arange(args.num_samples).split(250)])
         sampling = time.perf_counter() - sampling_started
         features = space.extract(fake)
-        fid = fid_kid(real_features, features)["fid"]
+        fd = fd_kid(real_features, features)["fd"]
         manifold = prdc(real_features, features)
         share = mid_grey_share(fake)
         if args.grid:
@@ -102,11 +102,11 @@ def main() -> None:
           f"(min {min(loads):.2f}, max {max(loads):.2f})")
     print(f"sampler {family.sampler}, {family.option('sample_steps')} steps, guidance {family.option('guidance_scale')}, "
           f"{args.num_samples} samples in {sampling:.1f} s\n")
-    print("| wall s (whole command) | training s | steps | img/s | FID | training-data floor | FID / floor | test vs test | precision | recall | "
+    print("| wall s (whole command) | training s | steps | img/s | FD | training-data floor | FD / floor | test vs test | precision | recall | "
           "class accuracy | pure-noise tiles | tiles noisier than any real digit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {wall:.0f} | {summary['train_seconds']:.0f} | {summary['step']} | {summary['images_per_second']:.0f} | {fid:.1f} | {train_floor:.1f} "
-          f"| {fid / train_floor:.2f} | {test_floor:.1f} | {manifold['precision']:.3f} | {manifold['recall']:.3f} "
+    print(f"| {wall:.0f} | {summary['train_seconds']:.0f} | {summary['step']} | {summary['images_per_second']:.0f} | {fd:.1f} | {train_floor:.1f} "
+          f"| {fd / train_floor:.2f} | {test_floor:.1f} | {manifold['precision']:.3f} | {manifold['recall']:.3f} "
           f"| {class_accuracy(fake, labels, classifier):.3f} "
           f"| {int((share > NOISE_SHARE).sum())} / {len(fake)} | {int((share > 0.114).sum())} / {len(fake)} |")
 

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
 
-    p = sub.add_parser("eval", help="evaluate a trained run (FID/KID/PRDC with a genkit classifier offline, or Inception/DINOv2/CLIP, ...)")
+    _add_reflow_parser(sub)
+
+    p = sub.add_parser("eval", help="evaluate a trained run (FD/KID/PRDC in genkit's shipped network offline, or Inception FID, DINOv2/CLIP FD, ...)")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--scheduler", default=None)
@@ -87,12 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cas-real-subset", type=int, default=1000, help="real images of the augmentation comparison")
     p.add_argument("--nll-k", type=int, default=100, help="VAE: importance samples per image for the NLL (Burda et al. use 5000)")
     p.add_argument("--nll-images", default="1000", help="VAE: test images for the NLL, or 'all'")
-    p.add_argument("--features", nargs="+", default=["classifier"], metavar="SPACE",
-                   help="feature spaces of FID/KID/precision/recall/density/coverage: classifier (offline, default), inception, dinov2, clip")
+    p.add_argument("--features", nargs="+", default=["genkit"], metavar="SPACE",
+                   help="feature spaces of FD/KID/precision/recall/density/coverage: genkit (its shipped network, offline, default; "
+                        "'classifier' is its old name), inception (FID), dinov2, clip")
     p.add_argument("--feature-weights", action="append", default=[], metavar="[SPACE=]PATH",
                    help="Inception weights file, or DINOv2/CLIP model id or folder (default: $GENKIT_<SPACE>_..., the caches, the Hub)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p = sub.add_parser("score", help="score any images (PNG folder, .npz/.npy, datasets folder or Hub id) in genkit's shipped feature network: "
+                       "FD, KID, precision/recall/density/coverage, class accuracy")
+    p.add_argument("samples", help="a folder of images (class sub-folders 0/, 1/, ... give labels), an .npz/.npy array, or a datasets folder / Hub id")
+    p.add_argument("--ref", default="mnist-test", help="mnist-test (default), fashion-mnist-test, mnist-train, fashion-mnist-train, or a folder/file")
+    p.add_argument("--num-samples", type=int, default=None, help="score N samples (a seeded shuffle) against N reference images (default: all samples)")
+    p.add_argument("--network", default=None, help="genkit-mnist-v1 or genkit-fashion-mnist-v1 (default: the --ref split's; mnist for a folder)")
+    p.add_argument("--data-dir", default=None, help="local IDX folder of the --ref data set (default: genkit's search: $GENKIT_DATA_DIR/<name>, ...)")
+    p.add_argument("--split", default="train", help="split of a datasets SAMPLES source (default: train)")
+    p.add_argument("--no-floors", action="store_true", help="skip the test-vs-test and train-vs-test floors")
+    p.add_argument("--out", default=None, help="also write the scores to this JSON file")
     p = sub.add_parser("analyze", help="latent analysis of an encoder: clustering, ICA, SOM, k-NN probe and anomaly scores, association rules")
     p.add_argument("run", help="run directory or Hub repo id")
     p.add_argument("--num-images", type=int, default=5000)
@@ -154,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `genkit` command."""
     args = parse_args(argv)
     try:
+        if args.command == "reflow-pairs":
+            return _reflow_pairs(args)
         if getattr(args, "device", None):
             from .runs import check_device
 
             check_device(args.device)
-        handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "generate": _generate, "analyze": _analyze,
+        handler = {"train": _train, "reconstruct": _reconstruct, "sample": _sample, "eval": _eval, "generate": _generate, "score": _score, "analyze": _analyze,
                    "push": _push, "space": _space, "app": _app}[args.command]
         return handler(args)
     except OSError as err:  # a full or read-only disk, a file that vanished: the reason, not a traceback
@@ -280,7 +295,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     spaces, weights = parse_spaces(args.features, args.feature_weights)
     if not 2 <= args.num_samples <= 100_000:
-        raise ConfigError(f"--num-samples must be between 2 and 100000 (FID needs at least 2), got {args.num_samples}")
+        raise ConfigError(f"--num-samples must be between 2 and 100000 (FD needs at least 2), got {args.num_samples}")
     family = _load_run(args)
     if args.cas is not None and not (10 <= args.cas <= 1_000_000 and 10 <= args.cas_real_subset):
         raise ConfigError("--cas and --cas-real-subset must be at least 10 (and --cas at most 1000000)")
@@ -294,6 +309,16 @@ def _eval(args: argparse.Namespace) -> int:
                           **_generation_options(args))
     if Path(args.run).is_dir():  # kept beside the run: the model card shows it
         (Path(args.run) / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .evaluation.score import score
+
+    result = score(args.samples, args.ref, args.num_samples, args.network, args.data_dir, args.split, floors=not args.no_floors)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
@@ -401,6 +426,30 @@ def _app(args: argparse.Namespace) -> int:
               "with no budget", file=sys.stderr)
     demo = module.build_demo(initial, policy)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
+def _add_reflow_parser(sub: argparse._SubParsersAction) -> None:
+    """`genkit reflow-pairs`: (noise, image, label) pairs from a flow run, the data of a 2-rectified flow run."""
+    p = sub.add_parser("reflow-pairs", help="draw (noise, image, label) pairs from a flow-matching run for reflow (data.source=the folder)")
+    p.add_argument("run", help="flow-matching run directory or Hub repo id")
+    p.add_argument("--n", type=int, required=True, help="number of pairs")
+    p.add_argument("--out", required=True, help="new folder for the pairs (datasets save_to_disk)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the run's")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _reflow_pairs(args: argparse.Namespace) -> int:
+    if args.n < 1 or args.batch_size < 1 or (args.steps is not None and not 1 <= args.steps <= MAX_STEPS):
+        raise ConfigError(f"--n and --batch-size must be >= 1 and --steps in 1..{MAX_STEPS}")
+    from .reflow import write_pairs
+
+    info = write_pairs(args.run, args.out, args.n, args.seed, args.batch_size, args.steps, args.guidance_scale)
+    print(json.dumps(info, indent=2))
+    print(f"genkit reflow-pairs: {args.n} pairs in {args.out}\nnext: genkit train --config <flow config> --set data.source={args.out} "
+          f"init_from={args.run} model.guidance_scale=1 model.sample_steps=1", file=sys.stderr)
     return 0
 
 

@@ -96,7 +96,7 @@ class TrainConfig:
     keep_last: int = 3
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     early_stopping_metric: str = "eval_loss"
-    early_stopping_mode: str | None = None  # min | max; default: inferred from the metric's name (fid, loss: min; precision, accuracy: max)
+    early_stopping_mode: str | None = None  # min | max; default: inferred from the metric's name (fd, loss: min; precision, accuracy: max)
     log_with: str | None = "tensorboard"  # none, or any tracker accelerate knows (tensorboard, trackio, wandb, mlflow, ...), comma-separated
     progress_bar: bool = True
     init_from: str | None = None  # fine-tune: a run directory (or Hub id) to start from
@@ -105,9 +105,9 @@ class TrainConfig:
     hub_model_id: str | None = None
     hub_private: bool = False
     # ---- judging generation while training (genkit/train_eval.py) ----
-    eval_generation_every: int | None = None  # steps between FID evaluations of generated samples (main process; others wait)
+    eval_generation_every: int | None = None  # steps between FD evaluations of generated samples (main process; others wait)
     eval_generation_samples: int = 1000  # generated images per evaluation (and as many real ones from the eval split)
-    save_best: str | None = None  # keep the checkpoint with the best value of this metric (fid, kid, precision, eval_loss, ...)
+    save_best: str | None = None  # keep the checkpoint with the best value of this metric (fd, kid, precision, eval_loss, ...)
     save_best_mode: str | None = None  # min | max; default: inferred from the metric's name
     export_best: bool = False  # export the best checkpoint's weights as the final model instead of the last ones
 

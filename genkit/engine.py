@@ -72,7 +72,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
     run_dir = Path(config.output_dir)
     _check_run_dir(run_dir, config, resume, overwrite)
     _check_writable(run_dir)
-    train_eval.prepare(config, family_cls)  # the FID classifier, trained before this run's Accelerator exists
+    train_eval.prepare(config, family_cls)  # the evaluation network (a machine-local one is trained) before this run's Accelerator exists
 
     log_with = available_trackers(config) or None
     # train() may run several times in one process (notebooks, tests) with other precision settings
@@ -218,7 +218,7 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                 accelerator.log(metrics, step=step)
                 judged.update(metrics)
             if train_eval.due(config, step, at_end):
-                with ema_weights(ema, family), stage(f"generation metrics (FID & co) of {config.eval_generation_samples} samples", show):
+                with ema_weights(ema, family), stage(f"generation metrics (FD & co) of {config.eval_generation_samples} samples", show):
                     generated = train_eval.generation_metrics(family, config, accelerator)
                 state["history"].append({"step": step, **generated})
                 accelerator.log(generated, step=step)
@@ -250,6 +250,8 @@ def _train(config: TrainConfig, resume: str | None, overwrite: bool) -> dict[str
                "images_per_second": round(state["images_seen"] / max(state["train_seconds"], 1e-9), 1),
                "num_processes": accelerator.num_processes, "best": state["best"],
                **{k: v for row in state["history"] for k, v in row.items() if k.startswith("eval_") or train_eval.is_generation_metric(k)}}
+    if config.eval_generation_every:  # what the generation scores were measured with, beside them in metrics.json
+        summary["generation_protocol"] = train_eval.generation_protocol(config, state)
     if state.get("best_checkpoint"):
         summary["best_checkpoint"] = state["best_checkpoint"]
     if config.export_best and train_eval.best_step(state) is not None:  # every process: load_state is collective

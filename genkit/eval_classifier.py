@@ -1,7 +1,9 @@
-"""genkit's evaluation classifier: a small CNN trained once per data set (seeded, cached), whose features score generators.
+"""genkit's evaluation classifier: the network genkit ships for the data set, else a small CNN trained on this machine.
 
-Its own module because both the evaluation and the synthetic-data export (which labels unconditional samples with it)
-need it, and neither should import the other for it.
+The shipped networks (genkit/feature_nets.py: MNIST, Fashion-MNIST) are the same everywhere; for any other data set
+a classifier is trained once per machine (seeded, cached) and its scores are machine-local. Its own module because
+both the evaluation and the synthetic-data export (which labels unconditional samples with it) need it, and neither
+should import the other for it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ def classifier_data_config(data: DataConfig) -> DataConfig:
 
 
 def get_classifier(data: DataConfig, device: str | torch.device = "cpu", root: Path | None = None, epochs: float = CLASSIFIER_EPOCHS) -> nn.Module:
-    """The evaluation classifier for this data set, trained once (seeded) with the genkit engine and cached."""
+    """The evaluation classifier for this data set: genkit's shipped network when there is one, else the machine-local one."""
+    from .feature_nets import load_network, network_for
+
+    name = network_for(data.source)
+    return load_network(name) if name else train_local_classifier(data, device, root, epochs)
+
+
+def train_local_classifier(data: DataConfig, device: str | torch.device = "cpu", root: Path | None = None,
+                           epochs: float = CLASSIFIER_EPOCHS) -> nn.Module:
+    """A classifier for a data set genkit ships no network for, trained once on this machine (seeded) and cached."""
     from .engine import train
     from .runs import load_family
 
@@ -39,7 +50,7 @@ def get_classifier(data: DataConfig, device: str | torch.device = "cpu", root: P
 
         config = TrainConfig(family="classifier", data=cfg, output_dir=str(run_dir), epochs=epochs, batch_size=128, learning_rate=1e-3,
                              seed=0, log_with="none", progress_bar=interactive(), keep_last=1, eval_batches=40)
-        with stage(f"training genkit's evaluation classifier on {Path(cfg.source).name} ({epochs:g} epochs, first use only: "
+        with stage(f"training a machine-local evaluation classifier on {Path(cfg.source).name} ({epochs:g} epochs, first use only: "
                    f"cached in {run_dir})"), torch.enable_grad():  # callers are often inside no_grad (sampling)
             train(config, overwrite=True)
     return load_family(str(run_dir), device).models["model"]

@@ -97,16 +97,57 @@ def cached_repo_id(path: Path) -> str | None:
     return None
 
 
+GENERATION_KEYS = ("fd", "kid", "precision", "recall", "density", "coverage")  # genkit's space: named with the network on cards
+PROTOCOL_KEYS = ("num_samples", "reference_split", "reference_selection", "feature_network", "sampler", "nfe", "guidance", "seed",
+                 "train_cpu_seconds")
+
+
+def metric_label(key: str, network: str | None) -> str:
+    """A card's name for a score: genkit-space scores carry their network (FD_genkit-mnist-v1), Inception's FD is FID."""
+    base, _, floor = key.partition("_") if key.split("_", 1)[0] in GENERATION_KEYS else (key, "", "")
+    if network and base in GENERATION_KEYS:
+        return f"{base.upper() if base in ('fd', 'kid') else base}_{network}{'_' + floor if floor else ''}"
+    if key == "inception_fid":
+        return "FID"
+    return key
+
+
 def eval_results(run_dir: Path, config: TrainConfig, dataset: str | None, task: str) -> list[EvalResult]:
-    """The run's evaluation on its held-out split (metrics.json's eval_* and `genkit eval`'s eval_results.json) for model-index."""
+    """The run's evaluation on its held-out split (metrics.json's eval_* and `genkit eval`'s eval_results.json) for model-index.
+
+    Generation scores carry their protocol (N, reference split, feature network, sampler and NFE, guidance, seed, training
+    CPU seconds) as metric_args, and genkit-space scores are named with their network: `FD_genkit-mnist-v1`, never FID.
+    """
     final = json.loads((run_dir / "metrics.json").read_text()).get("final", {}) if (run_dir / "metrics.json").is_file() else {}
     offline = json.loads((run_dir / "eval_results.json").read_text()) if (run_dir / "eval_results.json").is_file() else {}
     scores = {**{k: v for k, v in final.items() if k.startswith("eval_")}, **offline}
+    protocol = {**(final.get("generation_protocol") or {}), **{k: offline[k] for k in PROTOCOL_KEYS if k in offline}}
+    if "train_cpu_seconds" in final:
+        protocol.setdefault("train_cpu_seconds", final["train_cpu_seconds"])
+    network = offline.get("feature_network") or protocol.get("feature_network")
     data = config.data
     name = dataset or bare(data.source)
     split = data.eval_split or f"{data.split} (held-out {data.eval_fraction:g})"
-    return [EvalResult(task_type=task, dataset_type=name, dataset_name=name, dataset_split=split, metric_type=key, metric_name=key, metric_value=value)
-            for key, value in scores.items() if isinstance(value, float) and math.isfinite(value)]  # metrics, not counts or flags
+    results = []
+    for key, value in scores.items():
+        if not (isinstance(value, float) and math.isfinite(value)):  # metrics, not counts or flags
+            continue
+        label = metric_label(key, network)
+        generation = label != key or key.startswith(("inception_", "dinov2_", "clip_"))
+        args = {k: protocol[k] for k in PROTOCOL_KEYS if protocol.get(k) is not None} if generation else None
+        results.append(EvalResult(task_type=task, dataset_type=name, dataset_name=name, dataset_split=split, metric_type=label, metric_name=label,
+                                  metric_value=value, metric_args=args or None))
+    return results
+
+
+def protocol_line(results: list[EvalResult]) -> str:
+    """One sentence of the protocol behind a card's generation scores (empty when it has none)."""
+    args = next((r.metric_args for r in results if r.metric_args), None)
+    if not args:
+        return ""
+    words = {"num_samples": "N", "reference_split": "reference split", "feature_network": "feature network", "nfe": "NFE",
+             "train_cpu_seconds": "training CPU s"}
+    return "Protocol of the generation scores: " + ", ".join(f"{words.get(k, k.replace('_', ' '))} {v}" for k, v in args.items()) + "."
 
 
 def model_card(run_dir: Path, repo_id: str) -> str:
@@ -123,10 +164,9 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     results = eval_results(run_dir, config, dataset, task)
     parent, provenance = base_model(raw.init_from)
     provenance = " ".join(filter(None, [provenance, latent_sentence(raw)]))
-    stock = family == "diffusion" and not conditional and not latent and not flow  # a plain DDPMPipeline
     meta = ModelCardData(library_name=library_name(family), license=MODEL_LICENSE, pipeline_tag=task,
                          tags=["genkit", family, *(["class-conditional"] if conditional else []), *(["flow-matching"] if flow else []),
-                               *(["latent-diffusion"] if latent else []), *(["diffusers:DDPMPipeline"] if stock else []),
+                               *(["latent-diffusion"] if latent else []),
                                *(["model_hub_mixin", "pytorch_model_hub_mixin"] if family != "diffusion" else [])],
                          datasets=[dataset] if dataset else None, base_model=parent, model_name=repo_id.split("/")[-1],
                          eval_results=results or None)
@@ -140,9 +180,10 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     if (run_dir / "samples.png").is_file():
         sections.append("![samples](samples.png)")
     if rows:
-        sections.append(f"## Metrics\n\nOn the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}")
-    snippet = usage(run_dir, family, repo_id, conditional, not stock)
-    sections.append(f"## Usage\n\n```bash\n{install_block(family, not stock)}\n```\n\n```python\n{snippet}\n```")
+        table = f"On the `{results[0].dataset_split}` split:\n\n| metric | value |\n|---|---|\n{rows}"
+        sections.append(f"## Metrics\n\n{table}\n\n{protocol_line(results)}".rstrip())
+    snippet = usage(run_dir, family, repo_id, conditional)
+    sections.append(f"## Usage\n\n```bash\n{install_block(family)}\n```\n\n```python\n{snippet}\n```")
     sections.append(f"## Training config\n\n```yaml\n{yaml.safe_dump(config.to_dict(), sort_keys=False)}```\n\nTrained with "
                     f"`genkit train` (see the genkit README); `training_config.json` in this repo reproduces the run.")
     return "\n\n".join(sections) + "\n"
@@ -184,13 +225,14 @@ def requirement(name: str) -> str:
     return name
 
 
-def install_block(family: str, custom: bool) -> str:
-    """What loading the artifact needs: torch + diffusers for a pipeline whose code travels with it; genkit for the rest."""
-    pipeline = f'pip install torch "{requirement("diffusers")}"'
-    if family == "diffusion" and custom:
-        return f"{pipeline}  # pipeline.py travels with the model: genkit itself is not needed"
+def install_block(family: str) -> str:
+    """What loading the artifact needs: torch + diffusers for a diffusion pipeline (its code travels with it); genkit for the rest."""
     if family == "diffusion":
-        return f"{pipeline}  # DDPMPipeline; genkit's own loader (last lines) needs genkit:\n{INSTALL}"
+        from .pipelines import DIFFUSERS_TESTED  # the range tests/test_diffusers_range.py loads and samples the pipeline with
+
+        oldest, newest = DIFFUSERS_TESTED
+        return (f'pip install torch "{requirement("diffusers")}"  # pipeline.py travels with the model: genkit itself is not needed; '
+                f"tested with diffusers {oldest} to {newest}")
     return INSTALL
 
 
@@ -213,16 +255,11 @@ def sampling_defaults(config: TrainConfig) -> dict[str, Any]:
             "guidance": float(options["guidance_scale"])}
 
 
-def usage(run_dir: Path, family: str, repo_id: str, conditional: bool, custom: bool) -> str:
-    """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it); `custom`: a
-    diffusion run saved with its own pipeline.py (conditional, latent or flow matching), not as a DDPMPipeline."""
+def usage(run_dir: Path, family: str, repo_id: str, conditional: bool) -> str:
+    """The shortest working snippet that loads this model from the Hub with its stock loader (tests run it); every diffusion
+    run loads with `DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)` (its own pipeline.py)."""
     load = f"\n\n# every family, with its config and class names:\nfrom genkit.runs import load_family\n\nfamily = load_family(\"{repo_id}\")"
     run = sampling_defaults(TrainConfig.load(run_dir)) if family == "diffusion" else {}
-    if family == "diffusion" and not custom:
-        return (f"import torch\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"{repo_id}\")\n"
-                f"images = pipe(batch_size=4, num_inference_steps=50).images  # PIL images\n"
-                f"{load}\nimages = family.generate(4, torch.Generator().manual_seed(0), scheduler=\"{run['sampler']}\", "
-                f"steps={run['steps']})  # the run's sampler; any scheduler")
     if family == "diffusion":  # the pipeline class travels with the run as pipeline.py
         call = f"class_labels=[0, 1, 2, 3], guidance_scale={run['guidance']:g}" if conditional else "batch_size=4"
         return (f"from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained(\"{repo_id}\", trust_remote_code=True)\n"

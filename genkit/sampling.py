@@ -7,9 +7,11 @@ from a partly noised image (denoising, SDEdit).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import diffusers
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -87,6 +89,9 @@ def make_scheduler(name: str, train_config: dict, timestep_spacing: str | None =
     if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
     cls, extra = menu[name]
+    if flow and extra.get("stochastic_sampling") and "stochastic_sampling" not in inspect.signature(cls.__init__).parameters:
+        raise ValueError(f"the flow sampler {name!r} needs diffusers >= 0.34 (FlowMatchEulerDiscreteScheduler's stochastic_sampling); "
+                         f"this is diffusers {diffusers.__version__}: upgrade it or choose one of {', '.join(k for k in menu if k != name)}")
     if flow:  # evenly spaced in sigma (Diffusers' flow samplers have no other spacing); the shift is the training one
         if timestep_spacing is not None:
             raise ValueError("timestep_spacing applies to noise-prediction models; flow-matching samplers space sigma evenly")
@@ -123,13 +128,15 @@ def sample(
     x0: X0Handling | None = None,
     prediction_type: str | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process through the pipeline's loop; returns samples in the model's space (usually [-1, 1]).
+    """Run the reverse process of a pixel-space model through the pipeline's loop; returns samples in the model's space
+    ([-1, 1]). `init_images` (SDEdit) are in that space too.
 
     `prediction_type` is the UNet's (default: the scheduler's); `callback(i, n, x)` sees the sample after each step.
     """
     pipe = GenkitDiffusionPipeline(unet, scheduler, prediction_type=prediction_type, **(x0 or X0Handling()).pipeline_config())
     pipe.set_progress_bar_config(disable=True)
-    return pipe(num_images, class_labels, guidance_scale, num_inference_steps, generator, image=init_images, strength=strength,
+    image = None if init_images is None else (init_images + 1) / 2  # the pipeline takes images in [0, 1], as Diffusers' do
+    return pipe(num_images, class_labels, guidance_scale, num_inference_steps, generator, image=image, strength=strength,
                 output_type="latent", callback_on_step_end=step_callback(callback)).images
 
 

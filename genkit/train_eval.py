@@ -1,4 +1,8 @@
-"""Judging a run while it trains: FID & co of generated samples, the best checkpoint, and which way each metric improves."""
+"""Judging a run while it trains: FD & co of generated samples, the best checkpoint, and which way each metric improves.
+
+The scores are measured in genkit's shipped feature network for the data set (`fd`, not FID: FID is Inception's), and
+`generation_protocol` states what they were measured with, for metrics.json.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ if TYPE_CHECKING:
     from .families import Family
 
 # what genkit.evaluation.evaluate_generation returns that is worth judging a model by (floors are references, not scores)
-GENERATION_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "class_accuracy")
-LOWER_IS_BETTER = {"fid", "kid", "loss", "mse", "nll", "bpd", "error"}
+GENERATION_METRICS = ("fd", "kid", "precision", "recall", "density", "coverage", "class_accuracy")
+LOWER_IS_BETTER = {"fd", "fid", "kid", "loss", "mse", "nll", "bpd", "error"}
+RENAMED = {"fid": "fd"}  # genkit's space is not Inception's: its Fréchet distance is no FID
 HIGHER_IS_BETTER = {"precision", "recall", "density", "coverage", "accuracy", "psnr", "elbo", "auroc"}
 
 
 def metric_mode(name: str, mode: str | None = None) -> str:
-    """'min' or 'max' for a metric: `mode` when given, else inferred from the words of its name (eval_loss: min, fid: min)."""
+    """'min' or 'max' for a metric: `mode` when given, else inferred from the words of its name (eval_loss: min, fd: min)."""
     if mode:
         return mode
     words = set(name.lower().split("_"))
@@ -42,9 +47,12 @@ def check_config(config: TrainConfig) -> None:
     if config.eval_generation_samples < 2:
         raise ConfigError(f"eval_generation_samples must be >= 2, got {config.eval_generation_samples}")
     if config.export_best and not config.save_best:
-        raise ConfigError("export_best needs save_best: the metric that picks the checkpoint to export (e.g. save_best: fid)")
+        raise ConfigError("export_best needs save_best: the metric that picks the checkpoint to export (e.g. save_best: fd)")
     for key in ["save_best", "early_stopping_metric"]:
         name = getattr(config, key)
+        if name in RENAMED:
+            raise ConfigError(f"{key}={name!r}: genkit's scores are measured in its own feature network, not Inception, so the Fréchet "
+                              f"distance is called {RENAMED[name]!r} now; set {key}: {RENAMED[name]}")
         if name and is_generation_metric(name) and not config.eval_generation_every:
             raise ConfigError(f"{key}={name!r} is a generation metric: set eval_generation_every (steps) to compute it while training")
     if config.save_best:
@@ -54,10 +62,11 @@ def check_config(config: TrainConfig) -> None:
 
 
 def prepare(config: TrainConfig, family_cls: type[Family]) -> None:
-    """Before the run's Accelerator exists: check the family generates, and train (or find) the evaluation classifier.
+    """Before the run's Accelerator exists: check the family generates, and load genkit's shipped network for the data (or,
+    for data sets without one, train the machine-local classifier).
 
-    Every process calls this, so the classifier's own training run is an ordinary (multi-process) run; later the main
-    process only loads it, and no training starts inside the training loop.
+    Every process calls this, so a machine-local classifier's own training run is an ordinary (multi-process) run; later
+    the main process only loads it, and no training starts inside the training loop.
     """
     if not config.eval_generation_every:
         return
@@ -75,13 +84,25 @@ def prepare(config: TrainConfig, family_cls: type[Family]) -> None:
     PartialState._reset_state()
 
 
+def generation_protocol(config: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
+    """What the generation scores in metrics.json were measured with (N, reference split, feature network + version, sampler
+    and NFE, guidance, seed, training CPU seconds); empty when the run had no generation evaluation."""
+    if not config.eval_generation_every:
+        return {}
+    from .evaluation.generation import run_protocol
+
+    result = run_protocol(config, config.eval_generation_samples, config.seed)
+    result["train_cpu_seconds"] = round(state.get("train_cpu_seconds", 0.0), 2)
+    return result
+
+
 def due(config: TrainConfig, step: int, at_end: bool) -> bool:
     """Whether this step has a generation evaluation (every `eval_generation_every` steps, and at the end)."""
     return bool(config.eval_generation_every) and (step % config.eval_generation_every == 0 or at_end)
 
 
 def generation_metrics(family: Family, config: TrainConfig, accelerator: Accelerator) -> dict[str, float]:
-    """FID (and the other scores of `evaluate_generation`) of freshly generated samples: the main process computes them,
+    """FD (and the other scores of `evaluate_generation`) of freshly generated samples: the main process computes them,
     the others wait and receive them, so every process takes the same early-stopping and checkpoint decisions."""
     import torch
 

@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 from conftest import tiny_config
-from diffusers import DDPMPipeline
+from diffusers import DDPMPipeline, DiffusionPipeline
 from diffusers.callbacks import PipelineCallback
 
 from genkit.engine import train
@@ -38,10 +40,10 @@ for key, folder in folders.items():
     saved, images = pipe.scheduler.config, {}
     for name, (cls, extra) in schedulers.items():
         pipe.scheduler = getattr(diffusers, cls).from_config(saved, **extra)  # the stock swap
-        images[name] = pipe(batch_size=2, class_labels=[1, "3"] if conditional else None, guidance_scale=2.0, num_inference_steps=3,
+        images[name] = pipe(batch_size=2, class_labels=[1, "3"] if conditional else None, guidance_scale=2.0 if conditional else None, num_inference_steps=3,
                             generator=torch.Generator().manual_seed(0), output_type="pt").images
     pil = pipe(batch_size=2, num_inference_steps=2).images
-    half = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, torch_dtype=torch.bfloat16)
+    half = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, dtype=torch.bfloat16)  # torch_dtype before diffusers 0.40
     half.set_progress_bar_config(disable=True)
     low = half(batch_size=2, num_inference_steps=2, output_type="np").images
     results[key] = {"class": type(pipe).__name__, "module": type(pipe).__module__, "images": images,
@@ -194,3 +196,60 @@ def test_pipeline_call_options_match_diffusers(runs):
     calls = []  # genkit's own callback(i, total, x), kept for the app's previews
     family.generate(2, torch.Generator().manual_seed(0), steps=3, callback=lambda i, n, x: calls.append((i, n, tuple(x.shape))))
     assert calls == [(0, 3, (2, 1, 28, 28)), (1, 3, (2, 1, 28, 28)), (2, 3, (2, 1, 28, 28))]
+
+
+def test_pipe_with_no_arguments_is_genkit_sample(runs):
+    """The run's sampler, steps, guidance and x0 handling live in the saved pipeline: `pipe()` makes what `genkit sample` makes."""
+    for key, labels in [("cond", torch.tensor([1, 3])), ("ldm", None)]:
+        family = load_family(str(runs / key))
+        pipe = DiffusionPipeline.from_pretrained(str(runs / key), trust_remote_code=True)
+        pipe.set_progress_bar_config(disable=True)
+        conditional = labels is not None
+        assert pipe.config.num_inference_steps == family.option("sample_steps") == 2
+        assert pipe.config.guidance_scale == (family.option("guidance_scale") if conditional else 1.0)
+        assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler" and pipe.scheduler.config.algorithm_type == "sde-dpmsolver++"
+        ours = family.generate(2, torch.Generator().manual_seed(4), labels)  # what `genkit sample --n 2 --seed 4` samples
+        theirs = pipe(class_labels=labels, batch_size=2, generator=torch.Generator().manual_seed(4), output_type="pt").images
+        assert (ours - theirs).abs().max() < 1e-5, key
+        if conditional:  # the default guidance is the run's, not 1
+            unguided = pipe(class_labels=labels, guidance_scale=1.0, generator=torch.Generator().manual_seed(4), output_type="pt").images
+            assert (unguided - theirs).abs().max() > 1e-3
+        else:
+            assert len(pipe(generator=torch.Generator().manual_seed(4)).images) == 1  # really no arguments
+
+
+def test_pipeline_inputs_and_their_errors(runs):
+    pipe = load_family(str(runs / "cond")).pipeline()
+    options = dict(num_inference_steps=2, output_type="pt")
+    for bad, message in [
+        (dict(batch_size=3, class_labels=[1, 2]), r"disagree on the number of images \(batch_size: 3, class_labels: 2\)"),
+        (dict(class_labels=[1, 2], latents=torch.zeros(3, 1, 28, 28)), "disagree on the number of images"),
+        (dict(batch_size=1, class_labels=[1, 2]), r"disagree on the number of images \(batch_size: 1, class_labels: 2\)"),
+        (dict(batch_size=2, latents=torch.zeros(2, 1, 32, 32)), r"latents must have shape \(2, 1, 28, 28\)"),
+        (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+        (dict(guidance_scale=-1.0), "guidance_scale must be a finite number >= 0"),
+        (dict(num_inference_steps=0), "num_inference_steps must be an int >= 1"),
+        (dict(batch_size=0), "batch_size must be a positive int"),
+        (dict(class_labels=["Pullover", "nope"]), "unknown class name 'nope'"),
+        (dict(image=torch.rand(1, 1, 28, 28) * 2 - 1, strength=0.5), r"image values must be in \[0, 1\]"),
+        (dict(image=torch.rand(1, 3, 28, 28), strength=0.5), r"image must be \(N, 1, 28, 28\)"),
+        (dict(image=PIL.Image.new("L", (32, 32)), strength=0.5), r"image is 32x32; this model makes 28x28 images"),
+        (dict(image="digit.png", strength=0.5), "image must be a PIL image"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            pipe(**{**options, **bad})
+    # one label (or one image) stands for the whole batch
+    assert pipe(batch_size=3, class_labels="Pullover", **options).images.shape == (3, 1, 28, 28)
+    # SDEdit takes PIL, numpy (N, H, W, C) or (H, W) and tensors (N, C, H, W) in [0, 1], as Diffusers' image processors do
+    digits = (torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).round() / 255
+    as_np = digits.permute(0, 2, 3, 1).numpy()
+    as_pil = [PIL.Image.fromarray((a[..., 0] * 255).round().astype(np.uint8)) for a in as_np]
+    edits = [pipe(class_labels=[1, 2], image=image, strength=0.5, generator=torch.Generator().manual_seed(0), **options).images
+             for image in (digits, as_np, as_pil, (as_np * 255).round().astype(np.uint8))]
+    assert all((e - edits[0]).abs().max() < 1e-6 for e in edits)
+    one = pipe(class_labels=1, image=as_pil[0], strength=0.5, generator=torch.Generator().manual_seed(0), **options).images
+    assert one.shape == (1, 1, 28, 28)
+    with pytest.raises(ValueError, match="unconditional: classifier-free guidance needs class labels"):
+        load_family(str(runs / "ldm")).pipeline()(guidance_scale=2.0, **options)
+    with pytest.raises(ValueError, match="latent pipeline carries only its autoencoder's decoder"):
+        load_family(str(runs / "ldm")).pipeline()(image=as_pil[0], strength=0.5, **options)

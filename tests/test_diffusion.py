@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FakeUNet, tiny_config
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDPMScheduler, DiffusionPipeline
 
 from genkit.config import ConfigError
 from genkit.engine import train
@@ -93,7 +93,7 @@ def test_sdedit_keeps_what_low_noise_does_not_destroy():
         assert (x - truth).abs().max() < 0.05, name
     with pytest.raises(ValueError, match="strength"):
         sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 2, 20, init_images=start, strength=0.0)
-    with pytest.raises(ValueError, match="image must have shape"):
+    with pytest.raises(ValueError, match=r"image must be \(N, 1, 8, 8\) for this model"):
         sample(unet, make_scheduler("ddim", TRAIN_SCHEDULE), 2, 20, init_images=torch.zeros(2, 3, 8, 8), strength=0.5)
 
 
@@ -116,10 +116,12 @@ def diffusion_config(tiny_idx, out, **overrides):
                        learning_rate=1e-3, max_steps=6, eval_every=6, checkpoint_every=6, ema_decay=0.99, **overrides)
 
 
-def test_unconditional_run_loads_with_plain_diffusers(tiny_idx, tmp_path):
+def test_unconditional_run_loads_with_its_own_pipeline(tiny_idx, tmp_path):
     train(diffusion_config(tiny_idx, tmp_path / "run", model={"prediction_type": "v_prediction", "snr_gamma": 5.0}))
-    pipe = DDPMPipeline.from_pretrained(str(tmp_path / "run"))
-    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    # not a DDPMPipeline (no scale_model_input, a DDPM scheduler): the run's pipeline.py with its sampler
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "run"), trust_remote_code=True)
+    assert type(pipe).__name__ == "GenkitDiffusionPipeline" and pipe.config.prediction_type == "v_prediction"
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler" and pipe.scheduler.config.algorithm_type == "sde-dpmsolver++"
     images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (2, 28, 28, 1) and np.isfinite(images).all()
     family = load_family(str(tmp_path / "run"))
@@ -216,9 +218,11 @@ def test_clip_sample_defaults_on_for_pixels_and_is_exported(tiny_idx, tmp_path):
     train(tiny_config(tiny_idx, tmp_path / "run", **base))
     family = load_family(str(tmp_path / "run"))
     assert family.x0_handling().mode == "clip" and family.x0_handling("dynamic").mode == "dynamic"
-    saved = json.loads((tmp_path / "run" / "scheduler" / "scheduler_config.json").read_text())
-    assert saved["clip_sample"] is True and saved["clip_sample_range"] == 1.0  # a stock DDPMPipeline clips as genkit does
-    assert DDPMPipeline.from_pretrained(str(tmp_path / "run")).scheduler.config.clip_sample is True
+    saved = json.loads((tmp_path / "run" / "model_index.json").read_text())
+    assert saved["x0_handling"] == "clip" and saved["clip_sample_range"] == 1.0  # the pipeline's, kept across a scheduler swap
+    # the scheduler clips nothing itself, and says so, so that a stock DDIM / DDPM swap does not default to clipping
+    assert json.loads((tmp_path / "run" / "scheduler" / "scheduler_config.json").read_text())["clip_sample"] is False
+    assert DiffusionPipeline.from_pretrained(str(tmp_path / "run"), trust_remote_code=True).config.x0_handling == "clip"
     images = family.generate(2, torch.Generator().manual_seed(0), scheduler="dpm++", steps=3, x0="none")
     assert images.shape == (2, 1, 28, 28)
     for option, message in [({"clip_sample": "yes"}, "clip_sample must be true, false or null"),
@@ -228,7 +232,9 @@ def test_clip_sample_defaults_on_for_pixels_and_is_exported(tiny_idx, tmp_path):
     off = tiny_config(tiny_idx, tmp_path / "off", **{**base, "model": {"preset": "tiny", "clip_sample": False}})
     assert DiffusionFamily(off, family.info).x0_handling().mode == "none"
     dyn = tiny_config(tiny_idx, tmp_path / "dyn", **{**base, "model": {"preset": "tiny", "thresholding": True}})
-    assert DiffusionFamily(dyn, family.info).noise_scheduler.config.thresholding is True
+    dynamic = DiffusionFamily(dyn, family.info)
+    dynamic.models = family.models
+    assert dynamic.x0_handling().mode == "dynamic" and dynamic.pipeline().config.x0_handling == "dynamic"
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])

@@ -133,6 +133,12 @@ def test_the_wheel_builds_passes_twine_and_its_cli_runs_in_a_clean_venv(tmp_path
     wheel, sdist = next(dist.glob("hf_genkit-*.whl")), next(dist.glob("hf_genkit-*.tar.gz"))
     checked = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)], capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    import zipfile
+
+    from genkit.feature_nets import NETWORKS
+
+    shipped = set(zipfile.ZipFile(wheel).namelist())  # the feature networks are package data: `genkit score` works from the wheel
+    assert {f"genkit/weights/{name}.safetensors" for name in NETWORKS} <= shipped, sorted(n for n in shipped if "weights" in n)
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = str(env_dir / "bin" / "python")

@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from genkit.cli import main
 from genkit.config import ConfigError, DataConfig
-from genkit.evaluation import evaluate_generation, evaluate_run, feature_space, fid_kid, real_images, to_unit
+from genkit.evaluation import evaluate_generation, evaluate_run, fd_kid, feature_space, real_images, to_unit
 from genkit.evaluation.features import INCEPTION_FILE, FeatureSpace
 
 
@@ -56,7 +56,7 @@ def test_inception_fid_equals_torchmetrics_on_the_same_images_and_weights(tiny_i
     space = feature_space("inception", data, weights=str(inception_file))
     features = space.extract(torch.cat([real, fake]).float() / 255)
     assert features.shape == (6, 2048)
-    ours = fid_kid(features[:3], features[3:])["fid"]
+    ours = fd_kid(features[:3], features[3:])["fd"]  # genkit's float64 Fréchet distance on Inception features: FID
     reference = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(inception_file), antialias=False)  # torch-fidelity's resize
     reference.update(real.repeat(1, 3, 1, 1), real=True)
     reference.update(fake.repeat(1, 3, 1, 1), real=False)
@@ -84,6 +84,7 @@ def test_eval_rejects_unknown_spaces_and_unattributed_weights(capsys):
     assert main(["eval", "no-such-run", "--features", "inception", "dinov2", "--feature-weights", "w.pth"]) == 2
     assert "say which space it is for" in capsys.readouterr().err
     assert main(["eval", "no-such-run", "--features", "classifier", "--feature-weights", "w.pth"]) == 2
+    assert main(["eval", "no-such-run", "--features", "genkit", "--feature-weights", "genkit=w.pth"]) == 2
 
 
 def test_eval_in_dinov2_and_clip_space_with_cached_real_features(tiny_idx, tmp_path, hf_models, monkeypatch, capsys):
@@ -102,19 +103,21 @@ def test_eval_in_dinov2_and_clip_space_with_cached_real_features(tiny_idx, tmp_p
     out = capsys.readouterr().out
     result = json.loads(out[out.index("{"):])
     assert json.loads((run / "eval_results.json").read_text()) == result
-    assert result["num_samples"] == 16 and result["reference_split"] == "test" and result["feature_spaces"] == "classifier,dinov2,clip"
+    assert result["num_samples"] == 16 and result["reference_split"] == "test" and result["feature_spaces"] == "genkit,dinov2,clip"
+    assert result["feature_network"] == "genkit-mnist-v1" and result["dinov2_feature_network"] == "dinov2"
     assert "dinov2 space is biased upward below 10,000" in result["warning"]
     for prefix in ("", "dinov2_", "clip_"):
-        assert result[f"{prefix}fid"] > result[f"{prefix}fid_real_floor"] >= 0 and result[f"{prefix}fid_train_floor"] >= 0
-        assert all(0 <= result[f"{prefix}{key}"] <= 1 for key in ("precision", "recall", "coverage", "precision_real_floor", "coverage_train_floor"))
+        assert result[f"{prefix}fd"] > result[f"{prefix}fd_test_floor"] >= 0 and result[f"{prefix}fd_train_floor"] >= 0
+        assert all(0 <= result[f"{prefix}{key}"] <= 1 for key in ("precision", "recall", "coverage", "precision_test_floor", "coverage_train_floor"))
         assert result[f"{prefix}density"] >= 0 and prefix + "feature_space" in result
     assert result["clip_cmmd"] > 0 and "cmmd" not in result and "dinov2_cmmd" not in result
-    assert sorted(extracted) == sorted([(space, 16) for space in ("classifier", "dinov2", "clip") for _ in range(4)])  # 3 real sets + samples
+    assert not any("fid" in key for key in result)  # FID is Inception's only
+    assert sorted(extracted) == sorted([(space, 16) for space in ("genkit", "dinov2", "clip") for _ in range(4)])  # 3 real sets + samples
     extracted.clear()
     assert main(args) == 0  # the real images' features come from the cache: only the samples go through the extractors
-    assert sorted(extracted) == [("classifier", 16), ("clip", 16), ("dinov2", 16)]
+    assert sorted(extracted) == [("clip", 16), ("dinov2", 16), ("genkit", 16)]
     again = json.loads((run / "eval_results.json").read_text())
-    assert again["dinov2_fid"] == pytest.approx(result["dinov2_fid"]) and again["fid_train_floor"] == pytest.approx(result["fid_train_floor"])
+    assert again["dinov2_fd"] == pytest.approx(result["dinov2_fd"]) and again["fd_train_floor"] == pytest.approx(result["fd_train_floor"])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no Inception weights anywhere: one line, exit 2, before any work
     monkeypatch.delenv("GENKIT_INCEPTION_WEIGHTS", raising=False)
     capsys.readouterr()
@@ -124,7 +127,7 @@ def test_eval_in_dinov2_and_clip_space_with_cached_real_features(tiny_idx, tmp_p
 
 
 @pytest.mark.parametrize("family", ["gan", "rbm"])
-def test_every_sampling_family_reports_fid_and_prdc(tiny_idx, tmp_path, family):
+def test_every_sampling_family_reports_fd_and_prdc(tiny_idx, tmp_path, family):
     from genkit.engine import train
     from genkit.runs import load_family
 
@@ -132,18 +135,18 @@ def test_every_sampling_family_reports_fid_and_prdc(tiny_idx, tmp_path, family):
     train(tiny_config(tiny_idx, tmp_path / family, family=family, model=model, max_steps=2,
                       data={"value_range": "-1,1"} if family == "gan" else {}))
     result = evaluate_generation(load_family(str(tmp_path / family)), num_samples=8)
-    assert {"fid", "kid", "precision", "recall", "density", "coverage", "fid_train_floor", "recall_real_floor"} <= set(result)
-    assert result["fid"] > 0 and 0 <= result["precision"] <= 1
+    assert {"fd", "kid", "precision", "recall", "density", "coverage", "fd_train_floor", "recall_test_floor"} <= set(result)
+    assert result["fd"] > 0 and 0 <= result["precision"] <= 1
     assert all(isinstance(value, (int, float)) for value in result.values())  # numbers only: the training loop logs them
 
 
-def test_autoencoders_that_cannot_sample_get_no_fid(tiny_idx, tmp_path):
+def test_autoencoders_that_cannot_sample_get_no_fd(tiny_idx, tmp_path):
     from genkit.engine import train
     from genkit.runs import load_family
 
     train(tiny_config(tiny_idx, tmp_path / "ae", max_steps=2))
     result = evaluate_run(load_family(str(tmp_path / "ae")), num_samples=8, features=["inception"])  # no weights needed: nothing to score
-    assert "mse" in result and "fid" not in result and "precision" not in result
+    assert "mse" in result and "fd" not in result and "inception_fid" not in result and "precision" not in result
 
 
 def test_features_of_the_same_images_give_zero_distance(tiny_idx, hf_models):
@@ -151,4 +154,4 @@ def test_features_of_the_same_images_give_zero_distance(tiny_idx, hf_models):
     images = to_unit(real_images(data, "test", 8))
     for name in ("dinov2", "clip"):
         features = feature_space(name, data, weights=hf_models[name]).extract(images)
-        assert features.shape[0] == 8 and abs(fid_kid(features, features)["fid"]) < 1e-4
+        assert features.shape[0] == 8 and abs(fd_kid(features, features)["fd"]) < 1e-4

@@ -7,7 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import FakeUNet, tiny_config
-from diffusers import DiffusionPipeline
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 from genkit.config import ConfigError
 from genkit.engine import train
@@ -96,10 +103,14 @@ def test_flow_and_ddpm_samplers_do_not_mix():
     with pytest.raises(ValueError, match="timestep_spacing"):
         make_scheduler("euler", FLOW_SCHEDULE, timestep_spacing="trailing", flow=True)
     oracle = VelocityOracle(targets(1))
-    with pytest.raises(ValueError, match="flow-matching models need a flow scheduler"):
+    # refused before any step, naming the schedulers that can sample the model
+    with pytest.raises(ValueError, match="flow_prediction model cannot be sampled by DDIMScheduler.*it takes FlowMatchEulerDiscreteScheduler"):
         sample(oracle, make_scheduler("ddim", {"num_train_timesteps": 1000}), 1, 4, prediction_type="flow_prediction")
-    with pytest.raises(ValueError, match="flow-matching models need a flow scheduler"):
+    with pytest.raises(ValueError, match="epsilon model cannot be sampled by FlowMatchEulerDiscreteScheduler.*it takes DDPMScheduler, DDIMScheduler"):
         sample(oracle, make_scheduler("euler", FLOW_SCHEDULE, flow=True), 1, 4, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="cannot be sampled by DPMSolverMultistepScheduler.*use_flow_sigmas=True"):
+        sample(oracle, make_scheduler("dpm++", {"num_train_timesteps": 1000}), 1, 4, prediction_type="flow_prediction")
+    assert oracle.seen == []
 
 
 def flow_config(tiny_idx, out, **model):
@@ -163,8 +174,21 @@ def test_conditional_flow_run_trains_saves_loads_and_samples_with_every_sampler(
     pipe = DiffusionPipeline.from_pretrained(str(run), trust_remote_code=True)  # the stock way: the run's own pipeline.py
     assert type(pipe).__name__ == "GenkitDiffusionPipeline" and type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     ours = family.generate(2, torch.Generator().manual_seed(5), labels, steps=4)
-    theirs = pipe(2, labels, family.option("guidance_scale"), 4, torch.Generator().manual_seed(5), output_type="pt").images
+    theirs = pipe(2, labels, None, 4, torch.Generator().manual_seed(5), output_type="pt").images  # the run's guidance by default
     assert (ours - theirs).abs().max() < 1e-5
+    # stock swaps give genkit's images with that sampler; DDIM is refused, naming the schedulers a flow model takes
+    saved = pipe.scheduler.config
+    flow_sigmas = dict(use_flow_sigmas=True, prediction_type="flow_prediction")
+    for name, scheduler in [("heun", FlowMatchHeunDiscreteScheduler.from_config(saved)),
+                            ("dpm++", DPMSolverMultistepScheduler.from_config(saved, algorithm_type="dpmsolver++", **flow_sigmas)),
+                            ("unipc", UniPCMultistepScheduler.from_config(saved, **flow_sigmas))]:
+        pipe.scheduler = scheduler
+        theirs = pipe(class_labels=labels, num_inference_steps=3, generator=torch.Generator().manual_seed(5), output_type="pt").images
+        mine = family.generate(2, torch.Generator().manual_seed(5), labels, scheduler=name, steps=3)
+        assert (mine - theirs).abs().max() < 1e-5, name
+    pipe.scheduler = DDIMScheduler.from_config(saved)
+    with pytest.raises(ValueError, match="cannot be sampled by DDIMScheduler.*it takes FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler"):
+        pipe(class_labels=labels)
     edited = family.generate(2, torch.Generator().manual_seed(0), labels, steps=4, init_images=ours, strength=0.5)
     fresh = family.generate(2, torch.Generator().manual_seed(0), labels, steps=4)
     assert edited.shape == ours.shape and (edited - ours).abs().mean() < (fresh - ours).abs().mean()  # SDEdit keeps some of the image
@@ -189,3 +213,16 @@ def test_flow_config_errors_name_the_fix(tiny_idx, tmp_path, model, match):
     with pytest.raises(ConfigError, match=match):
         train(flow_config(tiny_idx, tmp_path / "run", **model))
     assert not (tmp_path / "run" / "model_index.json").exists()
+
+
+def test_stochastic_flow_euler_is_refused_where_diffusers_lacks_it(monkeypatch):
+    """diffusers < 0.34 has no FlowMatch Euler `stochastic_sampling`: euler_a is refused by name there, not run as plain Euler."""
+
+    class OldFlowEuler(FlowMatchEulerDiscreteScheduler):  # FlowMatchEulerDiscreteScheduler's signature in diffusers 0.32 / 0.33
+        def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+            super().__init__(num_train_timesteps=num_train_timesteps, shift=shift)
+
+    monkeypatch.setitem(FLOW_SCHEDULERS, "euler_a", (OldFlowEuler, {"stochastic_sampling": True}))
+    with pytest.raises(ValueError, match=r"'euler_a' needs diffusers >= 0.34.*choose one of euler, heun"):
+        make_scheduler("euler_a", FLOW_SCHEDULE, flow=True)
+    assert make_scheduler("euler", FLOW_SCHEDULE, flow=True).config.shift == 1.0

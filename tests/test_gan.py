@@ -41,7 +41,7 @@ def test_generator_draws_on_z_more_than_on_the_class_code_at_initialisation():
 
 def test_conditional_discriminator_sees_the_label_from_the_first_layer():
     # the shipped default: the label as a learned input channel (the reference conditional DCGAN) rather than a projection,
-    # which trained far slower here: FID 360 vs 122 at 300 steps, the rest alike (issue #19)
+    # which trained far slower here: FD 360 vs 122 at 300 steps, the rest alike (issue #19)
     D = Discriminator([1, 28, 28], "dcgan", 8, num_classes=10, conditioning="channel")
     assert D.embed is None and D.features[0].in_channels == 2
     x = torch.rand(4, 1, 28, 28) * 2 - 1

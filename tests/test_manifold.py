@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genkit.config import ConfigError
-from genkit.evaluation import cmmd, density_coverage, fid_kid, prdc, precision_recall
+from genkit.evaluation import cmmd, density_coverage, fd_kid, prdc, precision_recall
 
 
 def test_prdc_matches_the_prdc_package_on_random_features():
@@ -47,8 +47,8 @@ def test_too_few_images_for_k_is_a_clear_error():
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():
     features = torch.randn(200, 16, generator=torch.Generator().manual_seed(2)) * 3
-    assert abs(fid_kid(features, features)["fid"]) < 1e-6
-    assert fid_kid(features, features + 1)["fid"] == pytest.approx(16.0, rel=1e-6)  # a shift by 1 in each of 16 dimensions
+    assert abs(fd_kid(features, features)["fd"]) < 1e-6
+    assert fd_kid(features, features + 1)["fd"] == pytest.approx(16.0, rel=1e-6)  # a shift by 1 in each of 16 dimensions
 
 
 def test_cmmd_by_hand():

@@ -1,4 +1,4 @@
-"""Evaluation while training: FID of generated samples, the best checkpoint (kept, resumed, exported) and early stopping on it."""
+"""Evaluation while training: FD of generated samples, the best checkpoint (kept, resumed, exported) and early stopping on it."""
 
 import json
 import math
@@ -30,32 +30,35 @@ def checkpoint_holds(checkpoint, exported):
     return False
 
 
-def test_fid_is_computed_while_training(tiny_idx, tmp_path):
-    summary = train(gan_config(tiny_idx, tmp_path / "run", max_steps=4, eval_generation_every=2, eval_generation_samples=16, save_best="fid"))
+def test_fd_is_computed_while_training(tiny_idx, tmp_path):
+    summary = train(gan_config(tiny_idx, tmp_path / "run", max_steps=4, eval_generation_every=2, eval_generation_samples=16, save_best="fd"))
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
-    rows = [row for row in history if "fid" in row]
+    rows = [row for row in history if "fd" in row]
     assert [row["step"] for row in rows] == [2, 4]
-    assert all(math.isfinite(row["fid"]) and row["fid"] > 0 and row["generation_eval_seconds"] > 0 for row in rows)
-    best = min(rows, key=lambda row: row["fid"])
-    assert summary["best_checkpoint"] == {"metric": "fid", "value": best["fid"], "step": best["step"]}
-    assert summary["fid"] == rows[-1]["fid"]
+    assert all(math.isfinite(row["fd"]) and row["fd"] > 0 and row["generation_eval_seconds"] > 0 for row in rows)
+    best = min(rows, key=lambda row: row["fd"])
+    assert summary["best_checkpoint"] == {"metric": "fd", "value": best["fd"], "step": best["step"]}
+    assert summary["fd"] == rows[-1]["fd"]
+    protocol = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["generation_protocol"]  # what the figures were measured with
+    assert protocol["num_samples"] == 16 and protocol["reference_split"] == "test" and protocol["feature_network"] == "genkit-mnist-v1"
+    assert protocol["nfe"] == 1 and protocol["seed"] == 0 and protocol["train_cpu_seconds"] > 0
 
 
 def test_best_checkpoint_survives_rotation_resume_and_early_stopping(tiny_idx, tmp_path, monkeypatch):
     from genkit import evaluation
 
-    fids = iter([3.0, 1.0, 2.0, 1.5, 0.5, 0.7, 0.9])  # steps 2, 4, 6 | resumed: 8, 10, 12, 14
+    fds = iter([3.0, 1.0, 2.0, 1.5, 0.5, 0.7, 0.9])  # steps 2, 4, 6 | resumed: 8, 10, 12, 14
     monkeypatch.setattr(evaluation, "get_classifier", lambda *args, **kwargs: None)
-    monkeypatch.setattr(evaluation, "evaluate_generation", lambda family, **kwargs: {"fid": next(fids), "num_samples": kwargs["num_samples"]})
+    monkeypatch.setattr(evaluation, "evaluate_generation", lambda family, **kwargs: {"fd": next(fds), "num_samples": kwargs["num_samples"]})
     run = tmp_path / "run"
-    keys = {"eval_generation_every": 2, "eval_generation_samples": 16, "save_best": "fid", "keep_last": 1, "export_best": True}
+    keys = {"eval_generation_every": 2, "eval_generation_samples": 16, "save_best": "fd", "keep_last": 1, "export_best": True}
     first = train(gan_config(tiny_idx, run, max_steps=6, **keys))
-    assert first["best_checkpoint"] == {"metric": "fid", "value": 1.0, "step": 4} and first["exported_step"] == 4
+    assert first["best_checkpoint"] == {"metric": "fd", "value": 1.0, "step": 4} and first["exported_step"] == 4
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]  # keep_last=1, plus the best
 
     # resumed: 1.5 at step 8 would be a best if the resume had forgotten 1.0; patience 2 stops after 12 and 14
-    summary = train(gan_config(tiny_idx, run, max_steps=20, early_stopping_patience=2, early_stopping_metric="fid", **keys), resume="latest")
-    assert summary["best_checkpoint"] == {"metric": "fid", "value": 0.5, "step": 10}
+    summary = train(gan_config(tiny_idx, run, max_steps=20, early_stopping_patience=2, early_stopping_metric="fd", **keys), resume="latest")
+    assert summary["best_checkpoint"] == {"metric": "fd", "value": 0.5, "step": 10}
     assert summary["step"] == 14 and summary["stop_reason"].startswith("early stopping")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000010", "step-0000014"]
     exported = load_file(run / "generator" / "model.safetensors")
@@ -64,12 +67,13 @@ def test_best_checkpoint_survives_rotation_resume_and_early_stopping(tiny_idx, t
 
 
 def test_metric_modes_and_bad_keys(tiny_idx, tmp_path):
-    assert [metric_mode(m) for m in ["fid", "kid", "eval_loss", "eval_mse"]] == ["min"] * 4
+    assert [metric_mode(m) for m in ["fd", "fid", "kid", "eval_loss", "eval_mse"]] == ["min"] * 5
     assert [metric_mode(m) for m in ["precision", "recall", "density", "coverage", "class_accuracy", "eval_accuracy"]] == ["max"] * 6
     assert metric_mode("eval_free_energy", "min") == "min"
-    for overrides, match in [({"save_best": "fid"}, "set eval_generation_every"), ({"export_best": True}, "export_best needs save_best"),
+    for overrides, match in [({"save_best": "fd"}, "set eval_generation_every"), ({"export_best": True}, "export_best needs save_best"),
                              ({"save_best": "eval_free_energy"}, "set its mode"), ({"eval_generation_samples": 1}, "eval_generation_samples"),
-                             ({"early_stopping_metric": "precision", "early_stopping_patience": 2}, "set eval_generation_every")]:
+                             ({"early_stopping_metric": "precision", "early_stopping_patience": 2}, "set eval_generation_every"),
+                             ({"save_best": "fid", "eval_generation_every": 2}, "called 'fd' now; set save_best: fd")]:
         with pytest.raises(ConfigError, match=match):
             gan_config(tiny_idx, tmp_path / "bad", **overrides)
     with pytest.raises(ConfigError, match="does not generate"):
@@ -90,6 +94,6 @@ def test_two_processes_only_the_main_one_evaluates_and_both_agree(tiny_idx, tmp_
     assert result.returncode == 0, result.stderr[-4000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
     assert r0["calls"] == [16, 16] and r1["calls"] == []
-    assert r0["summary"]["best_checkpoint"] == r1["summary"]["best_checkpoint"] and r0["summary"]["fid"] == r1["summary"]["fid"]
+    assert r0["summary"]["best_checkpoint"] == r1["summary"]["best_checkpoint"] and r0["summary"]["fd"] == r1["summary"]["fd"]
     best = r0["summary"]["best_checkpoint"]["step"]
     assert (tmp_path / "run" / "checkpoints" / f"step-{best:07d}").is_dir() and r0["summary"]["exported_step"] == best

@@ -1,4 +1,9 @@
-"""Feature spaces that images are scored in: genkit's classifier (offline), Inception-v3, DINOv2 and CLIP.
+"""Feature spaces that images are scored in: genkit's shipped network (offline, the default), Inception-v3, DINOv2 and CLIP.
+
+The default space, `genkit`, is the frozen network genkit ships for the data set (`genkit-mnist-v1`,
+`genkit-fashion-mnist-v1`: genkit/feature_nets.py), the same on every machine. Data sets without a shipped network get
+a classifier trained on this machine on first use instead, and its scores say so ("machine-local"): they compare runs
+on one machine, not figures across machines. `classifier` is accepted as the old name of the `genkit` space.
 
 Inception is torch-fidelity's extractor (the `pt_inception-2015-12-05` weights of the original TensorFlow FID, resized
 to 299 with TensorFlow-1-style bilinear interpolation), as torch-fidelity and torchmetrics (`antialias=False`) compute
@@ -18,7 +23,9 @@ from torch import nn
 from ..config import ConfigError, DataConfig
 from ..extras import require
 
-SPACES = ("classifier", "inception", "dinov2", "clip")
+SPACES = ("genkit", "inception", "dinov2", "clip")
+ALIASES = {"classifier": "genkit"}  # the default space's name before genkit shipped networks
+MACHINE_LOCAL = "machine-local-classifier"
 DEFAULT_MODELS = {"dinov2": "facebook/dinov2-large", "clip": "openai/clip-vit-base-patch32"}
 WEIGHTS_ENV = {"inception": "GENKIT_INCEPTION_WEIGHTS", "dinov2": "GENKIT_DINOV2_MODEL", "clip": "GENKIT_CLIP_MODEL"}
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -28,10 +35,13 @@ INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
 class FeatureSpace:
     """Images in [0, 1] (N, C, H, W) -> features (N, D), batch by batch on the model's device."""
 
+    dtype = torch.float32  # of the features handed out (genkit's shipped networks: float64)
+
     def __init__(self, name: str, model: nn.Module, description: str, batch_size: int, source: str = ""):
         self.name, self.model, self.batch_size, self.description = name, model.eval(), batch_size, description
         self.device = next(model.parameters()).device
         self.identity = f"{name}:{source}:{weights_digest(model)}"  # keys the cached features of real images
+        self.network = name  # what the scores' protocol names as the feature network
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """One batch of images (on the device) -> its features."""
@@ -39,19 +49,36 @@ class FeatureSpace:
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of every image, float32 on the CPU."""
-        return torch.cat([self.embed(chunk.to(self.device)).float().cpu() for chunk in images.split(self.batch_size)])
+        """Features of every image, on the CPU (float32; float64 for genkit's shipped networks)."""
+        return torch.cat([self.embed(chunk.to(self.device)).to(self.dtype).cpu() for chunk in images.split(self.batch_size)])
 
 
 class ClassifierSpace(FeatureSpace):
-    """The penultimate features of genkit's evaluation classifier for the data set."""
+    """The penultimate features of the classifier this machine trained for a data set genkit ships no network for."""
 
     def __init__(self, classifier: nn.Module):
-        super().__init__("classifier", classifier, f"genkit's evaluation classifier, {classifier.num_features}-d penultimate features", 500)
+        super().__init__("genkit", classifier, f"{MACHINE_LOCAL}: a classifier trained on this machine on first use, {classifier.num_features}-d "
+                         "penultimate features (machine-local: not comparable with scores from other machines)", 500)
+        self.network = MACHINE_LOCAL
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Classifier features."""
         return self.model.features(images.float())
+
+
+class NetworkSpace(FeatureSpace):
+    """The features of a network genkit ships (float64 on the CPU, so every machine computes the same figures)."""
+
+    def __init__(self, model: nn.Module):
+        from ..feature_nets import NETWORKS, describe
+
+        self.name, self.model, self.batch_size, self.description = "genkit", model, 500, describe(model.name)
+        self.device, self.network, self.dtype = torch.device("cpu"), model.name, torch.float64
+        self.identity = f"genkit:{model.name}:{NETWORKS[model.name].sha256}"
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Network features, float64."""
+        return self.model.features(images.cpu())
 
 
 class InceptionSpace(FeatureSpace):
@@ -137,10 +164,10 @@ def inception_weights(path: str | None = None) -> Path:
 
 def parse_spaces(names: list[str], weights: list[str]) -> tuple[list[str], dict[str, str]]:
     """Space names (several, or comma-separated) and `[SPACE=]PATH` weights, checked: (spaces, {space: weights})."""
-    spaces = list(dict.fromkeys(name for entry in names for name in entry.split(",") if name))
+    spaces = list(dict.fromkeys(ALIASES.get(name, name) for entry in names for name in entry.split(",") if name))
     if unknown := [name for name in spaces if name not in SPACES]:
         raise ConfigError(f"--features: unknown feature space {unknown[0]!r}; choose from {', '.join(SPACES)}")
-    pretrained = [space for space in spaces if space != "classifier"]
+    pretrained = [space for space in spaces if space != "genkit"]
     chosen = {}
     for entry in weights:  # a bare PATH belongs to the one pretrained space asked for
         name, _, path = entry.partition("=") if entry.split("=", 1)[0] in SPACES else ("", "", entry)
@@ -155,12 +182,15 @@ def parse_spaces(names: list[str], weights: list[str]) -> tuple[list[str], dict[
 
 def feature_space(name: str, data: DataConfig, device: str | torch.device = "cpu", weights: str | None = None) -> FeatureSpace:
     """The feature space `name`, its model loaded on `device` (`weights`: a file or model id/folder instead of the default)."""
-    if name == "classifier":
+    name = ALIASES.get(name, name)
+    if name == "genkit":
         from ..eval_classifier import get_classifier
+        from ..feature_nets import FeatureNet
 
         if weights:
-            raise ConfigError("the classifier space takes no --feature-weights: genkit trains its classifier for the data set")
-        return ClassifierSpace(get_classifier(data, device))
+            raise ConfigError("the genkit space takes no --feature-weights: it is the network genkit ships for the data set")
+        model = get_classifier(data, device)
+        return NetworkSpace(model) if isinstance(model, FeatureNet) else ClassifierSpace(model)
     if name == "inception":
         return InceptionSpace(inception_weights(weights), device)
     if name in ("dinov2", "clip"):

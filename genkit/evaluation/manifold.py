@@ -53,5 +53,9 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = DENSITY_CO
 
 
 def prdc(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    """Precision and recall (k = 3) and density and coverage (k = 5)."""
-    return {**precision_recall(real, fake), **density_coverage(real, fake)}
+    """Precision and recall (k = 3) and density and coverage (k = 5), on one thread (distances that tie a radius do not
+    flip with the thread count)."""
+    from ..feature_nets import one_thread
+
+    with one_thread():
+        return {**precision_recall(real, fake), **density_coverage(real, fake)}

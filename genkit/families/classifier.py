@@ -1,4 +1,4 @@
-"""A small CNN classifier: the feature extractor behind genkit's offline FID/KID and class accuracy."""
+"""A small CNN classifier: the machine-local feature extractor of data sets genkit ships no feature network for, and CAS."""
 
 from __future__ import annotations
 

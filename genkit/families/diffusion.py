@@ -1,9 +1,9 @@
 """Diffusion on Diffusers' `UNet2DModel`: DDPM training (epsilon / v / x0 targets) or flow matching (rectified flow: the
 velocity noise - x0 on the straight path between data and noise), and any scheduler that fits the objective for sampling.
 
-Unconditional DDPM pixel runs are saved as a `DDPMPipeline`; class-conditional, latent and flow-matching runs as a
-`GenkitDiffusionPipeline` whose code travels with them (`pipeline.py`), so they load in stock Diffusers with
-`trust_remote_code=True`.
+Every run (unconditional or class-conditional, pixel or latent, DDPM or flow matching) is saved as a
+`GenkitDiffusionPipeline` whose code travels with it (`pipeline.py`) and whose config carries the run's sampler, steps,
+guidance and x0 handling, so it loads in stock Diffusers with `trust_remote_code=True` and samples as `genkit sample` does.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.training_utils import compute_snr
 
+from .. import mean_flow, reflow
 from ..config import ConfigError, TrainConfig
 from ..pipelines import GenkitDiffusionPipeline, LatentDecoder, decode_samples
 from ..sampling import FLOW_SCHEDULERS, SCHEDULERS, X0Handling, make_scheduler, step_callback
@@ -28,8 +29,10 @@ PRESETS = {
     "small": {"block_out_channels": [32, 64, 64], "layers_per_block": 2, "attention": True},
     "base": {"block_out_channels": [64, 128, 128], "layers_per_block": 2, "attention": True},
 }
-OBJECTIVES = ("ddpm", "flow_matching")
-DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler"}
+OBJECTIVES = ("ddpm", "flow_matching", "mean_flow")  # mean_flow: average velocities on the flow path (genkit/mean_flow.py)
+DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler", "mean_flow": "euler"}
+# what a MeanFlow run samples with unless its config says otherwise: one jump, no extra CFG (it is in the training target)
+MEAN_FLOW_DEFAULTS = {"sample_steps": 1, "guidance_scale": 1.0}
 # DDPM-only options: a flow-matching config that sets one is told so instead of having it ignored
 DDPM_ONLY = ("prediction_type", "beta_schedule", "snr_gamma", "timestep_spacing")
 
@@ -79,6 +82,7 @@ class DiffusionFamily(Family):
             "clip_sample": None, "clip_sample_range": 1.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
             # latent diffusion: a genkit autoencoder / VAE run whose codes (latent_dim = 16 * c) become c x 4 x 4 maps
             "autoencoder": None, "latent_scale": 1.0,
+            **mean_flow.OPTIONS,
         }
 
     @classmethod
@@ -94,7 +98,12 @@ class DiffusionFamily(Family):
             raise ConfigError(f"model.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2, got {m['beta_schedule']!r}")
         if m["objective"] not in OBJECTIVES:
             raise ConfigError(f"model.objective must be one of {OBJECTIVES}, got {m['objective']!r}")
-        flow = m["objective"] == "flow_matching"
+        flow = m["objective"] in ("flow_matching", "mean_flow")
+        if m["objective"] == "mean_flow":
+            try:
+                mean_flow.check_options(m)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if flow:
             if m["time_sampling"] not in ("uniform", "logit_normal"):
                 raise ConfigError(f"model.time_sampling must be uniform or logit_normal, got {m['time_sampling']!r}")
@@ -131,15 +140,12 @@ class DiffusionFamily(Family):
         self.decoder = None if self.autoencoder is None else LatentDecoder.from_module(
             self.autoencoder.decoder, self.autoencoder.image_shape, self.option("latent_scale"),
             "identity" if getattr(self.autoencoder, "linear", False) else "sigmoid")
-        # an unconditional run's exported scheduler carries the x0 handling too, so a stock DDPMPipeline samples as genkit does
-        x0 = self.x0_handling()
+        # the training noise schedule; sampling schedulers are built from it (make_scheduler), x0 handling is the pipeline's
         if self.flow:
             self.noise_scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.option("num_train_timesteps"), shift=self.option("flow_shift"))
             return
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.option("num_train_timesteps"), beta_schedule=self.option("beta_schedule"),
-                                             prediction_type=self.option("prediction_type"), clip_sample=x0.mode == "clip",
-                                             clip_sample_range=x0.clip_range, thresholding=x0.mode == "dynamic",
-                                             dynamic_thresholding_ratio=x0.ratio, sample_max_value=x0.max_value)
+                                             prediction_type=self.option("prediction_type"), clip_sample=False)
 
     def x0_handling(self, mode: str | None = None) -> X0Handling:
         """The run's x0 clipping (or `mode`: none, clip, dynamic) for sampling."""
@@ -151,13 +157,35 @@ class DiffusionFamily(Family):
 
     @property
     def flow(self) -> bool:
-        """Whether this is a flow-matching model (else DDPM)."""
-        return self.option("objective") == "flow_matching"
+        """Whether this model lives on the flow-matching path (flow matching or MeanFlow; else DDPM)."""
+        return self.option("objective") in ("flow_matching", "mean_flow")
+
+    def option(self, key: str) -> Any:
+        """A model option from the config, or its default; a MeanFlow run samples in 1 step with its trained-in guidance."""
+        if key in MEAN_FLOW_DEFAULTS and key not in self.config.model and self.mean_flow:
+            return MEAN_FLOW_DEFAULTS[key]
+        return super().option(key)
+
+    @property
+    def mean_flow(self) -> bool:
+        """Whether this is a MeanFlow (average-velocity, one-step) model."""
+        return self.option("objective") == "mean_flow"
+
+    @property
+    def models(self) -> dict[str, torch.nn.Module]:
+        """The modules; a MeanFlow run given a flow-matching UNet (init_from) widens it with the (t - r) input channel."""
+        return self._models
+
+    @models.setter
+    def models(self, models: dict[str, torch.nn.Module]) -> None:
+        if self.mean_flow and "unet" in models:
+            models = {**models, "unet": mean_flow.widen_unet(models["unet"])}
+        self._models = models
 
     @property
     def prediction_type(self) -> str:
-        """What the UNet predicts: epsilon, v_prediction, sample, or flow_prediction (the velocity noise - x0)."""
-        return "flow_prediction" if self.flow else self.option("prediction_type")
+        """What the UNet predicts: epsilon, v_prediction, sample, flow_prediction (the velocity noise - x0) or average_velocity (MeanFlow)."""
+        return "average_velocity" if self.mean_flow else "flow_prediction" if self.flow else self.option("prediction_type")
 
     @property
     def sampler(self) -> str:
@@ -216,17 +244,24 @@ class DiffusionFamily(Family):
         arch = {**PRESETS[self.option("preset")], **explicit}
         classes = self.info.num_classes if self.option("class_conditional") else None
         size, channels = (4, self.autoencoder.latent_dim // 16) if self.autoencoder is not None else (self.info.image_size, self.info.channels)
-        return {"unet": build_unet(size, channels, num_classes=classes, **arch)}
+        return {"unet": build_unet(size, channels, num_classes=classes, **arch)}  # MeanFlow's extra input: the models setter
 
     def loss(self, part: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss to minimise for `part` on a batch, and values to log."""
         x0 = batch["image"] if self.autoencoder is None else self.to_latent(batch["image"])
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        if self.flow and reflow.is_pairs_folder(self.config.data.source):  # 2-rectified flow: each image's own noise
+            self._pairs = getattr(self, "_pairs", None) or reflow.PairedNoise.for_data(self.config.data)
+            noise = self._pairs(batch["image"])
         labels = None
         if self.conditional:
             keep = torch.rand(n, generator=generator, device=x0.device) >= self.option("label_dropout")
             labels = torch.where(keep, batch["label"], torch.full_like(batch["label"], self.null_label))
+        if self.mean_flow:
+            opts = {k: self.option(k) for k in mean_flow.OPTIONS}
+            return mean_flow.MeanFlowLoss(opts, self.noise_scheduler.config.num_train_timesteps)(
+                self.models["unet"], x0, noise, labels, self.null_label, generator)
         if self.flow:
             s = self.flow_times(n, generator, x0.device)
             noisy = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
@@ -268,7 +303,10 @@ class DiffusionFamily(Family):
         if self.decoder is not None:
             self.decoder.to(unet.device)
         id2label = dict(enumerate(self.info.class_names)) if self.conditional else None
-        pipe = GenkitDiffusionPipeline(unet, sched, self.decoder, id2label, self.prediction_type, **self.x0_handling(x0).pipeline_config())
+        # the run's steps and guidance are the pipeline's call defaults: `pipe()` samples as `genkit sample` does
+        pipe = GenkitDiffusionPipeline(unet, sched, self.decoder, id2label, self.prediction_type, **self.x0_handling(x0).pipeline_config(),
+                                       num_inference_steps=self.option("sample_steps"),
+                                       guidance_scale=self.option("guidance_scale") if self.conditional else 1.0)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -288,11 +326,11 @@ class DiffusionFamily(Family):
         the run's clipping of predicted clean images: none, clip or dynamic.
         """
         pipe = self.pipeline(scheduler, timestep_spacing, x0)
-        scale = self.option("guidance_scale") if guidance_scale is None else guidance_scale
-        if init_images is not None:
-            init_images = self.to_latent(init_images * 2 - 1) if self.autoencoder is not None else init_images * 2 - 1
-        return pipe(n, class_labels, scale, self.option("sample_steps") if steps is None else steps, generator, image=init_images, strength=strength,
-                    output_type="pt", callback_on_step_end=step_callback(callback)).images
+        scale = guidance_scale if self.conditional else None  # guidance needs class labels: unconditional runs ignore it
+        if init_images is not None and self.autoencoder is not None:  # the pipeline carries the decoder only: encode here
+            init_images = self.to_latent(init_images * 2 - 1)
+        return pipe(n, class_labels, scale, steps, generator, image=init_images, strength=strength, output_type="pt",
+                    callback_on_step_end=step_callback(callback)).images
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -307,10 +345,7 @@ class DiffusionFamily(Family):
         """Export the pipeline (and, for latent diffusion, its autoencoder) into `directory`."""
         if self.autoencoder is not None:  # genkit's own copy (its encoder serves SDEdit); the pipeline carries the decoder
             save_without_card(self.autoencoder, Path(directory) / "autoencoder")
-        if self.conditional or self.autoencoder is not None or self.flow:
-            self.pipeline().save_pretrained(directory)  # the run's sampler and x0 handling: it samples as `genkit sample` does
-        else:
-            DDPMPipeline(unet=unwrap(self.models["unet"]), scheduler=self.noise_scheduler).save_pretrained(directory)
+        self.pipeline().save_pretrained(directory)  # the run's sampler, steps, guidance and x0 handling: it samples as `genkit sample` does
 
     @classmethod
     def required_files(cls) -> list[str]:
@@ -319,7 +354,7 @@ class DiffusionFamily(Family):
 
     @classmethod
     def export_files(cls) -> list[str]:
-        """The pipeline (with its code, for conditional and latent runs), and the autoencoder and decoder of latent runs."""
+        """The pipeline (with its code), and the autoencoder and decoder of latent runs."""
         return [*cls.required_files(), "pipeline.py", "autoencoder/config.json", "autoencoder/model.safetensors",
                 "decoder/config.json", "decoder/diffusion_pytorch_model.safetensors", "decoder/pipeline.py"]
 

@@ -26,7 +26,7 @@ class Generator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=["g
         self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
         if self.embed is not None:
             # a small class code beside z: nn.Embedding's N(0, 1) rows carried half the input's variance, and the generator
-            # drew one digit per class whatever z was (issue #19: FID 355 vs 122 at 300 steps, all else alike)
+            # drew one digit per class whatever z was (issue #19: FD 355 vs 122 at 300 steps, all else alike)
             nn.init.normal_(self.embed.weight, 0.0, 0.1)
         z_in = 2 * latent_dim if num_classes else latent_dim
         if architecture == "mlp":
@@ -66,7 +66,7 @@ class Discriminator(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags
         c, h, w = image_shape
         self.batch_norm, self.minibatch_std = architecture == "dcgan" and norm == "batch", minibatch_std
         # the label as one more input channel, a learned h x w map per class (the usual conditional DCGAN, N(0, 1) as there):
-        # at 300 steps FID 112 against 272-360 for the projection below, with or without batch norm (issue #19)
+        # at 300 steps FD 112 against 272-360 for the projection below, with or without batch norm (issue #19)
         self.label_map = nn.Embedding(num_classes, h * w) if num_classes and conditioning == "channel" else None
         c += self.label_map is not None
         if architecture == "mlp":
@@ -229,7 +229,7 @@ class GANFamily(Family):
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        # GAN losses do not measure quality; report D's view on held-out real vs fixed-noise fakes (FID: `genkit eval`)
+        # GAN losses do not measure quality; report D's view on held-out real vs fixed-noise fakes (FD: `genkit eval`)
         """Validation metrics on one batch."""
         G, D = unwrap(self.models["generator"]), unwrap(self.models["discriminator"])
         real, labels = batch["image"], batch["label"] if self.conditional else None

@@ -112,7 +112,7 @@ class BernoulliRBM(nn.Module, PyTorchModelHubMixin, library_name="genkit", tags=
         """Run n Gibbs chains for `steps` steps from draws of the training pixels' rates; return the final p(v) as images.
 
         Chains started from uniform noise (half the pixels on) wander where PCD's chains, started from data, never went:
-        on MNIST half of them stall in a grey state for thousands of steps (FID 498 vs 98 at 1,000 steps, 500 hidden units).
+        on MNIST half of them stall in a grey state for thousands of steps (FD 498 vs 98 at 1,000 steps, 500 hidden units).
         """
         v = torch.bernoulli(self.base_rate.expand(n, -1), generator=generator)
         _, probs = self.gibbs(v, steps, generator)

@@ -1,0 +1,152 @@
+"""One- and few-step generation on conditional MNIST: flow matching (today), reflow (2-rectified flow), MeanFlow from
+scratch and MeanFlow fine-tuned from the flow run, at 1, 2 and 4 network evaluations (and flow's default 8).
+
+    python benchmarks/one_step.py --work runs/one_step --data-dir ../shared/data/mnist --train   # train, then score
+    python benchmarks/one_step.py --work runs/one_step --data-dir ../shared/data/mnist           # score finished runs
+
+Training budgets are CPU seconds (process time, `--threads` threads; `max_train_cpu_seconds`), so every row costs the
+same total: flow runs `--budget` seconds; MeanFlow from scratch too; MeanFlow from flow and reflow start from a flow run
+of `--base` seconds and spend the rest (reflow: drawing the pairs, then training on them). Each cell is FD / class
+accuracy of `--n` samples (classes in turn, seed 1234) in genkit's classifier feature space (`genkit eval`'s offline
+space) against `--n` images of the reference split; the FD floor (reference vs other real images) is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from genkit.config import TrainConfig  # noqa: E402
+from genkit.engine import train  # noqa: E402
+from genkit.evaluation import class_accuracy, get_classifier, real_pair  # noqa: E402
+from genkit.evaluation.distances import fd_kid  # noqa: E402
+from genkit.evaluation.features import feature_space  # noqa: E402
+from genkit.reflow import is_pairs_folder, write_pairs  # noqa: E402
+from genkit.runs import load_family  # noqa: E402
+
+FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
+MF_CONFIG = REPO / "training" / "configs" / "meanflow_mnist_5min.yaml"
+ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow")
+
+
+def cpu_of(run: Path) -> float:
+    """Training CPU seconds a finished run recorded (metrics.json)."""
+    return json.loads((run / "metrics.json").read_text())["final"]["train_cpu_seconds"]
+
+
+def run_training(config: Path, run: Path, cpu: float, sets: list[str]) -> None:
+    """Train one run to a CPU budget unless it has finished already."""
+    if (run / "metrics.json").is_file():
+        return
+    base = ["max_train_seconds=null", "log_with=none", "progress_bar=false", f"max_train_cpu_seconds={cpu:g}", f"output_dir={run}"]
+    train(TrainConfig.load(str(config)).with_overrides(base + sets), overwrite=True)
+
+
+def train_all(work: Path, budget: float, base: float, data: list[str], pairs: int) -> dict[str, float]:
+    """The four rows' runs; returns the total training CPU seconds of each row (a start run's seconds included)."""
+    run_training(FLOW_CONFIG, work / "flow_base", base, data)
+    run_training(FLOW_CONFIG, work / "flow", budget, data)
+    fine = ["learning_rate=5e-4", "warmup_steps=20", "ema_decay=0.99"]
+    run_training(MF_CONFIG, work / "meanflow_from_flow", budget - base, [*data, f"init_from={work / 'flow_base'}"])
+    run_training(MF_CONFIG, work / "meanflow_scratch", budget, [*data, "init_from=null", "learning_rate=1e-3", "warmup_steps=100", "ema_decay=0.999"])
+    record = work / "pairs_cpu.json"
+    if not record.is_file():
+        started = time.process_time()
+        write_pairs(str(work / "flow_base"), work / "pairs", pairs, progress=False)
+        record.write_text(json.dumps({"cpu_seconds": time.process_time() - started}))
+    pairs_cpu = json.loads(record.read_text())["cpu_seconds"]
+    run_training(FLOW_CONFIG, work / "reflow", budget - base - pairs_cpu,
+                 [*[d for d in data if not d.startswith("data.data_dir")], f"data.source={work / 'pairs'}", "data.data_dir=null",
+                  f"init_from={work / 'flow_base'}", "model.guidance_scale=1.0", "model.sample_steps=1", *fine])
+    started_from = cpu_of(work / "flow_base")
+    return {"flow": cpu_of(work / "flow"), "meanflow_scratch": cpu_of(work / "meanflow_scratch"),
+            "meanflow_from_flow": started_from + cpu_of(work / "meanflow_from_flow"), "reflow": started_from + pairs_cpu + cpu_of(work / "reflow")}
+
+
+def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list[str]) -> None:
+    """Print the table: FD / class accuracy per row and NFE, training CPU seconds, sampling CPU seconds per 1,000 images.
+    Each row's scores are kept in `work/scores-<row>-<n>.json`, so rows can be scored as their runs finish."""
+    families = {row: load_family(str(work / row), "cpu") for row in rows if (work / row / "model_index.json").is_file()}
+    data = next(f.config.data for f in families.values() if not is_pairs_folder(f.config.data.source))  # MNIST, never the pairs
+    data.data_dir = data.data_dir if data.data_dir and Path(data.data_dir).is_dir() else None
+    classifier = get_classifier(data, "cpu")
+    space = feature_space("genkit", data)  # the shipped genkit-mnist-v1
+    real, other = real_pair(data, n)
+    real_features = space.extract(real)
+    floor = fd_kid(real_features, space.extract(other))["fd"]
+    labels = torch.arange(n) % 10
+    cells: dict[tuple[str, int], str] = {}
+    speed: dict[tuple[str, int], float] = {}
+    loads = []
+    for row, family in families.items():
+        record = work / f"scores-{row}-{n}.json"
+        done = json.loads(record.read_text()) if record.is_file() else {}
+        for nfe in [*nfes, *([8] if row == "flow" else [])]:
+            if str(nfe) not in done:
+                generator = torch.Generator().manual_seed(1234)
+                started = time.process_time()
+                fake = torch.cat([family.generate(len(c), generator, labels[c], steps=nfe) for c in torch.arange(n).split(250)])
+                seconds = 1000 * (time.process_time() - started) / n
+                done[str(nfe)] = {"fd": fd_kid(real_features, space.extract(fake))["fd"], "acc": class_accuracy(fake, labels, classifier),
+                                  "cpu_per_1k": seconds, "load": os.getloadavg()[0]}
+                record.write_text(json.dumps(done, indent=1))
+            got = done[str(nfe)]
+            cells[(row, nfe)], speed[(row, nfe)] = f"{got['fd']:.1f} / {got['acc']:.3f}", got["cpu_per_1k"]
+            loads.append(got["load"])
+            print(f"{row} NFE {nfe}: {cells[(row, nfe)]}, {speed[(row, nfe)]:.1f} CPU s / 1k images", flush=True)
+    load = max(loads)
+    print(f"\nprotocol: conditional MNIST, `tiny` UNet, seed 0, {torch.get_num_threads()} thread(s), load average up to {load:.1f} on "
+          f"{os.cpu_count()} CPUs; {n} samples per cell (classes in turn, sampling seed 1234) against {n} images of the "
+          f"reference split, FD in genkit's classifier feature space (floor: real vs real {floor:.1f}); guidance: flow 1.5 "
+          f"(CFG, both halves in one batch), reflow 1.0, MeanFlow trained in (omega 1.5), 1 evaluation per step\n")
+    print("| row | training CPU s | NFE 1 | NFE 2 | NFE 4 | NFE 8 | CPU s / 1k images at NFE 1 |")
+    print("|---|---|---|---|---|---|---|")
+    for row in families:
+        cols = " | ".join(cells.get((row, k), "") for k in [*nfes, 8])
+        print(f"| {row} | {cpu.get(row, float('nan')):.0f} | {cols} | {speed[(row, 1)]:.1f} |")
+    if ("flow", 8) in speed:
+        print(f"\nflow at its default 8 steps: {speed[('flow', 8)]:.1f} CPU s / 1k images; "
+              + ", ".join(f"{row} at 1 NFE is {speed[('flow', 8)] / speed[(row, 1)]:.1f}x faster" for row in families if row != "flow"))
+
+
+def main() -> None:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", required=True, help="folder of the runs (finished ones are reused)")
+    parser.add_argument("--train", action="store_true", help="train the missing runs first")
+    parser.add_argument("--budget", type=float, default=300, help="training CPU seconds per row")
+    parser.add_argument("--base", type=float, default=150, help="CPU seconds of the flow run that reflow and MeanFlow-from-flow start from")
+    parser.add_argument("--pairs", type=int, default=1000, help="reflow pairs drawn from the base flow run")
+    parser.add_argument("--n", type=int, default=500, help="samples per cell")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--data-dir", default=None, help="MNIST IDX folder (offline)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score (finished runs only)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    if args.train:
+        cpu = train_all(work, args.budget, args.base, data, args.pairs)
+    else:
+        cpu = {row: cpu_of(work / row) for row in ROWS if (work / row / "metrics.json").is_file()}
+        base = cpu_of(work / "flow_base") if (work / "flow_base" / "metrics.json").is_file() else float("nan")
+        pairs = json.loads((work / "pairs_cpu.json").read_text())["cpu_seconds"] if (work / "pairs_cpu.json").is_file() else float("nan")
+        for row, extra in (("meanflow_from_flow", base), ("reflow", base + pairs)):  # the start run (and pairs) count
+            if row in cpu:
+                cpu[row] += extra
+    score(work, cpu, args.n, args.nfe, args.rows)
+
+
+if __name__ == "__main__":
+    main()
