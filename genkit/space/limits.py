@@ -52,6 +52,7 @@ class Settings:
     max_wait_seconds: float | None = None  # GENKIT_MAX_WAIT_SECONDS: predicted wait in a lane before the request runs
     max_queue: int = 32  # GENKIT_MAX_QUEUE: requests waiting in each lane
     workers: int = 1  # GENKIT_WORKERS: requests running at once in each lane (quick, slow)
+    max_batch: int = 32  # GENKIT_MAX_BATCH: images (guided: image halves) in one model call, which bounds its memory
     max_output_pixels: int = 16 * 2**20  # GENKIT_MAX_OUTPUT_PIXELS: pixels of one returned image (a grid, enlarged)
     max_layers: int = 4  # GENKIT_MAX_SKETCH_LAYERS: layers of one drawing (each file is also checked from its header)
     max_request_pixels: int = MAX_UPLOAD_PIXELS  # all the images of one request together, read from their headers
@@ -70,6 +71,7 @@ class Settings:
                    call_seconds=_env("GENKIT_MAX_CALL_SECONDS", request / 10), quick_seconds=_env("GENKIT_QUICK_SECONDS", 5.0),
                    max_wait_seconds=_env("GENKIT_MAX_WAIT_SECONDS", 300.0), max_queue=max(1, _env("GENKIT_MAX_QUEUE", 32, int)),
                    workers=max(1, _env("GENKIT_WORKERS", 1, int)), max_output_pixels=_env("GENKIT_MAX_OUTPUT_PIXELS", 16 * 2**20, int),
+                   max_batch=max(1, _env("GENKIT_MAX_BATCH", 32, int)),
                    max_layers=_env("GENKIT_MAX_SKETCH_LAYERS", 4, int), load_workers=max(1, _env("GENKIT_LOAD_WORKERS", 2, int)))
 
     @property

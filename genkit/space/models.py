@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -85,31 +84,32 @@ class Served:
         """Whether the next scheduled re-timing is due."""
         return self.recalibrated < len(RECALIBRATE_AFTER) and now - self.loaded_at >= RECALIBRATE_AFTER[self.recalibrated]
 
-    def diffusion_cost(self, n: int, calls: int, guided: bool, call_seconds: float | None) -> float | None:
+    def diffusion_cost(self, n: int, calls: int, guided: bool, call_seconds: float | None, max_batch: int | None = None) -> float | None:
         """Predicted seconds of `n` images through `calls` denoiser calls each, plus decoding."""
         if self.denoiser is None:
             return None
         k = 2 if guided else 1
-        work = self.denoiser.calls(n * k, calls, call_seconds)
-        return work + (self.decoder.calls(n, 1, call_seconds) if self.decoder is not None else 0.0)
+        work = self.denoiser.calls(n * k, calls, call_seconds, max_batch)
+        return work + (self.decoder.calls(n, 1, call_seconds, max_batch) if self.decoder is not None else 0.0)
 
 
-def _timed(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
-    """The median of `repeats` runs of `fn` after one warm-up run (which pays one-time costs), in seconds."""
+def _timed(fn: Callable[[], object], device: str, repeats: int = 3, warmup: int = 1) -> float:
+    """The fastest of `repeats` runs of `fn` after `warmup` runs (which pay one-time costs: allocator, caches), in seconds: anything
+    else running at the time only slows a run down, so the fastest is the closest to the model's own cost."""
     times = []
-    for i in range(repeats + 1):
+    for i in range(warmup + repeats):
         started = time.perf_counter()
         with torch.no_grad():
             fn()
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
-        if i:
+        if i >= warmup:
             times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return min(times)
 
 
 def _fit(served: Served, make: Callable[[int], object], device: str) -> CallCost:
-    cost = CallCost.fit(*[(b, _timed(lambda b=b: make(b), device)) for b in PROBE])
+    cost = CallCost.fit(*[(b, _timed(lambda b=b: make(b), device, repeats=5, warmup=3)) for b in PROBE])
     served.probes.append((cost, make))
     return cost
 

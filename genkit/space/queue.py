@@ -6,6 +6,7 @@ turn (its position and the predicted wait are reported as progress), and is refu
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import threading
 import time
@@ -35,13 +36,20 @@ class RunningMedian:
         with self._lock:
             return statistics.median(self._values) if self._values else None
 
+    @property
+    def low(self) -> float | None:
+        """The smallest recent measurement: for timings, the one least slowed by whatever else ran at the time."""
+        with self._lock:
+            return min(self._values) if self._values else None
+
     def __len__(self) -> int:
         return len(self._values)
 
 
 class CallCost:
-    """Seconds of one model call on a batch of b images, t(b) = overhead + b * per_image, from running medians of timings at two
-    batch sizes (taken at load and again while the server is idle), corrected by a running median of actual / predicted times."""
+    """Seconds of one model call on a batch of b images, t(b) = overhead + b * per_image, from the fastest recent timings at two
+    batch sizes (taken at load and again while the server is idle: a start-up hiccup only slows a timing down), corrected by a
+    running median of actual / predicted times of the requests served (which the machine's load does slow down)."""
 
     def __init__(self, sizes: tuple[int, int] = (1, 8)):
         self.sizes, self.small, self.large = sizes, RunningMedian(), RunningMedian()
@@ -67,28 +75,29 @@ class CallCost:
     @property
     def per_image(self) -> float:
         """Seconds per image of one call (the slope)."""
-        (b1, b2), t1, t2 = self.sizes, self.small.value or 0.0, self.large.value or 0.0
+        (b1, b2), t1, t2 = self.sizes, self.small.low or 0.0, self.large.low or 0.0
         return max((t2 - t1) / max(b2 - b1, 1), t2 / b2 / 4, 1e-7)  # noise can make the slope tiny: never below a quarter of the average
 
     @property
     def overhead(self) -> float:
         """Seconds of one call whatever its batch."""
-        return max(0.0, (self.small.value or 0.0) - self.sizes[0] * self.per_image)
+        return max(0.0, (self.small.low or 0.0) - self.sizes[0] * self.per_image)
 
     def batch(self, images: int) -> float:
         """Predicted seconds of one call on `images` images."""
         return (self.overhead + images * self.per_image) * (self.correction.value or 1.0)
 
-    def chunk(self, images: int, call_seconds: float | None) -> int:
-        """How many images one call may take so that it stays within `call_seconds`."""
+    def chunk(self, images: int, call_seconds: float | None, max_batch: int | None = None) -> int:
+        """How many images one call may take so that it stays within `call_seconds` (and `max_batch`, which bounds its memory)."""
+        size = images if max_batch is None else min(images, max_batch)
         if call_seconds is None:
-            return images
+            return max(1, size)
         fits = (call_seconds / (self.correction.value or 1.0) - self.overhead) / self.per_image
-        return max(1, min(images, int(fits)))
+        return max(1, min(size, int(fits)))
 
-    def calls(self, images: int, calls_per_image: float, call_seconds: float | None) -> float:
-        """Predicted seconds of `calls_per_image` calls over `images` images, in chunks bounded by `call_seconds`."""
-        size = self.chunk(images, call_seconds)
+    def calls(self, images: int, calls_per_image: float, call_seconds: float | None, max_batch: int | None = None) -> float:
+        """Predicted seconds of `calls_per_image` calls over `images` images, in chunks bounded by `call_seconds` and `max_batch`."""
+        size = self.chunk(images, call_seconds, max_batch)
         full, rest = divmod(images, size)
         return calls_per_image * (full * self.batch(size) + (self.batch(rest) if rest else 0.0))
 
@@ -164,6 +173,22 @@ class Lane:
             return len(self._running)
 
 
+def release_memory() -> None:
+    """Hand the memory a request freed back to the system (glibc keeps freed blocks in its arenas otherwise): a large request
+    then leaves the server's resident size where it was."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc: nothing to trim
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
+
+
 class Budget:
     """The quick and slow lanes and the per-request limits of `settings` (no limits in local mode)."""
 
@@ -194,7 +219,10 @@ class Budget:
                          "use fewer images or steps.")
         lane = lane or (self.quick if predicted is not None and predicted <= self.settings.quick_seconds else self.slow)
         with lane.hold(predicted or 0.0, report):
-            yield None if limit is None else time.monotonic() + limit
+            try:
+                yield None if limit is None else time.monotonic() + limit
+            finally:
+                release_memory()
 
     def stop_at(self, deadline: float | None) -> None:
         """Stop a request past its deadline."""

@@ -194,7 +194,8 @@ class SpaceApp:
 
     def _chunk(self, cost: CallCost | None, n: int, per_image: int = 1) -> int:
         """Images per model call so that one call (of `per_image` rows per image: 2 when guided) stays within the call limit."""
-        return n if cost is None else max(1, cost.chunk(n * per_image, self.settings.call_seconds) // per_image)
+        rows = min(n * per_image, self.settings.max_batch) if self.space else n * per_image
+        return max(1, (rows if cost is None else cost.chunk(rows, self.settings.call_seconds)) // per_image)
 
     def _in_chunks(self, make: Callable[[slice], torch.Tensor], n: int, size: int, deadline: float | None, family: Family | None = None) -> torch.Tensor:
         """`make(images)` over slices of range(n) of `size` images, one bounded model call each; the deadline and output shape are
@@ -220,9 +221,9 @@ class SpaceApp:
     def _sample_cost(self, served: Served, scheduler: str, steps: int, guidance: float, n: int, labelled: bool) -> float | None:
         family = served.family
         if family.name != "diffusion":
-            return None if served.image is None else served.image.calls(n, 1, self.settings.call_seconds)
+            return None if served.image is None else served.image.calls(n, 1, self.settings.call_seconds, self.settings.max_batch)
         guided = family.conditional and labelled and guidance != 1.0
-        return served.diffusion_cost(n, model_calls(family, scheduler, steps), guided, self.settings.call_seconds)
+        return served.diffusion_cost(n, model_calls(family, scheduler, steps), guided, self.settings.call_seconds, self.settings.max_batch)
 
     def sample(self, source: str, scheduler: str, steps: float, class_label: str, guidance_scale: float, seed: float, num_images: float,
                progress: gr.Progress = gr.Progress()) -> Iterator[str]:
@@ -328,7 +329,7 @@ class SpaceApp:
         if family.name == "diffusion":
             strength = number(strength, "Strength", 0.01, 1)
             steps = number(steps, "Steps", 1, self.settings.max_steps, integer=True)
-            work = model.diffusion_cost(1, model_calls(family, None, steps, strength), False, self.settings.call_seconds)
+            work = model.diffusion_cost(1, model_calls(family, None, steps, strength), False, self.settings.call_seconds, self.settings.max_batch)
         elif hasattr(family.models.get("model"), "reconstruct"):
             work = None if model.latent is None else model.latent.batch(1)
         else:
@@ -359,7 +360,7 @@ class SpaceApp:
     def _latent_cost(self, model: Served, images: int, nrow: int, scale: int) -> float | None:
         if model.latent is None:
             return None
-        return model.latent.calls(images, 1, self.settings.call_seconds) + self._encode_cost(images, nrow, model.family, scale)
+        return model.latent.calls(images, 1, self.settings.call_seconds, self.settings.max_batch) + self._encode_cost(images, nrow, model.family, scale)
 
     @torch.no_grad()
     def interpolate(self, source: str, first, second, invert: str, steps: float) -> str:
