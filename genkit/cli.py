@@ -449,7 +449,7 @@ def _reflow_pairs(args: argparse.Namespace) -> int:
     info = write_pairs(args.run, args.out, args.n, args.seed, args.batch_size, args.steps, args.guidance_scale)
     print(json.dumps(info, indent=2))
     print(f"genkit reflow-pairs: {args.n} pairs in {args.out}\nnext: genkit train --config <flow config> --set data.source={args.out} "
-          f"init_from={args.run} model.guidance_scale=1 model.sample_steps=1", file=sys.stderr)
+          f"init_from={args.run} model.guidance_scale=1 model.sample_steps=1 output_dir=<new folder>", file=sys.stderr)
     return 0
 
 
