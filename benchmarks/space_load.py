@@ -204,7 +204,10 @@ def worst_requests(run: Path, d: dict, folder: Path) -> list[dict]:
             quick_seconds = call(server.url, "/sample", quick)[2]
             thread.join()
             kind, text, seconds = outcome["result"]
-            reason = text if kind == "complete" and text else "" if kind == "complete" else (text.strip().splitlines()[-1][:90] if text else "refused")
+            if kind == "complete":
+                reason = text if len(text) < 40 else ""  # "N images" from `largest`, not a whole answer stream
+            else:
+                reason = text.strip().splitlines()[-1][:90] if text else "refused"
             rows.append({"request": name, "outcome": kind + (f": {reason}" if reason else ""), "seconds": seconds,
                          "peak RSS +MB": server.rss_mb("VmHWM") - base, "kept RSS +MB": server.rss_mb() - base,
                          "quick request s": quick_seconds, "quick alone s": alone})

@@ -94,7 +94,7 @@ def test_hub_download_fetches_only_what_a_run_needs_within_the_size_cap(runs, mo
     policy = SourcePolicy({}, allow_hub=True)
     family = policy.load("someone/ddpm")
     assert family.name == "diffusion" and family.generate(2, __import__("torch").Generator().manual_seed(0), steps=2).shape == (2, 1, 28, 28)
-    assert hub.snapshots == [["data_info.json", "model_index.json", "scheduler/scheduler_config.json", "training_config.json",
+    assert hub.snapshots == [["data_info.json", "model_index.json", "pipeline.py", "scheduler/scheduler_config.json", "training_config.json",
                               "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]]
     assert "junk.bin" not in hub.fetched and "notes/secret.txt" not in hub.fetched
     # a cap below the weights' size: refused before anything but the small config is fetched
@@ -222,7 +222,8 @@ def slow_unet(monkeypatch):
 
     def forward(self, sample, *args, **kwargs):
         folder = Path(str(self.config.get("_name_or_path", ""))).parent.name
-        delay["calls"].append(folder)  # which model ran, for tests that check nothing ran
+        if threading.current_thread().name != "genkit-space-retime":  # the app's own re-timing while idle is not a request's work
+            delay["calls"].append(folder)  # which model ran, for tests that check nothing ran
         time.sleep(delay.get(folder, 0) * sample.shape[0])
         return original(self, sample, *args, **kwargs)
 

@@ -57,7 +57,9 @@ def read_image(upload, sketch, invert: str, size: int, channels: int) -> torch.T
             with Image.open(image) as opened:  # reads the header only
                 _check_pixels(opened)
                 opened.draft(None, (size * 4, size * 4))  # JPEG: decode at a reduced scale when that is enough
-                image = opened.copy()  # decodes, now that the size is known to be acceptable
+                opened.load()  # decodes, now that the size is known to be acceptable (no copy: one full-size image at most)
+                factor = min(opened.width, opened.height) // (size * 4)
+                image = opened.reduce(factor) if factor > 1 else opened.copy()
         elif isinstance(image, np.ndarray):
             if image.size == 0 or image.ndim not in (2, 3):
                 raise refuse("That image is empty or has an unexpected shape.")

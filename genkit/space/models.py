@@ -37,6 +37,8 @@ def model_calls(family: Family, scheduler: str | None, steps: int, strength: flo
     own = getattr(family, "model_calls", None)
     if callable(own):
         return int(own(scheduler, steps, strength))
+    if getattr(family, "mean_flow", False):  # MeanFlow jumps along its own times: one evaluation per step, whatever the sampler
+        return max(1, round(steps * strength)) if strength < 1.0 else steps
     name = scheduler or family.sampler
     sched = make_scheduler(name, family.noise_scheduler.config, family.option("timestep_spacing"), family.flow)
     sched.set_timesteps(steps)
@@ -108,8 +110,13 @@ def _timed(fn: Callable[[], object], device: str, repeats: int = 3, warmup: int 
     return min(times)
 
 
-def _fit(served: Served, make: Callable[[int], object], device: str) -> CallCost:
-    cost = CallCost.fit(*[(b, _timed(lambda b=b: make(b), device, repeats=5, warmup=3)) for b in PROBE])
+def _fit(served: Served, make: Callable[[int], object], device: str, call_seconds: float | None) -> CallCost:
+    """Time one call at batch 1, refuse it over `call_seconds`, then at a larger batch that stays well within the limit."""
+    small = _timed(lambda: make(PROBE[0]), device, repeats=5, warmup=3)
+    if call_seconds is not None and small > call_seconds:
+        raise TooSlow(f"This model takes {small:.1f} s per image here, over this Space's limit of {call_seconds:.1f} s per model call.")
+    large = PROBE[1] if call_seconds is None else max(2, min(PROBE[1], int(call_seconds / max(small, 1e-6) / 2)))
+    cost = CallCost.fit((PROBE[0], small), (large, _timed(lambda: make(large), device, repeats=3, warmup=1)))
     served.probes.append((cost, make))
     return cost
 
@@ -141,16 +148,16 @@ def measure(family: Family, settings: Settings, device: str) -> Served:
             labels = torch.zeros(b, dtype=torch.long, device=device) if family.conditional else None
             return unet(x, torch.full((b,), 10, device=device), class_labels=labels)
 
-        served.denoiser = _fit(served, forward, device)
+        served.denoiser = _fit(served, forward, device, settings.call_seconds)
         latent = torch.zeros(1, config.in_channels, config.sample_size, config.sample_size, device=device)
-        served.decoder = _fit(served, lambda b: family.to_images(latent.expand(b, -1, -1, -1)), device)
+        served.decoder = _fit(served, lambda b: family.to_images(latent.expand(b, -1, -1, -1)), device, settings.call_seconds)
     elif can_generate(family):
         check_output(family, family.generate(1, generator))
-        served.image = _fit(served, lambda b: family.generate(b, generator), device)
+        served.image = _fit(served, lambda b: family.generate(b, generator), device, settings.call_seconds)
     model = family.models.get("model")
     if hasattr(model, "reconstruct"):
         check_output(family, model.reconstruct(torch.zeros(shape, device=device)))
-        served.latent = _fit(served, lambda b: model.reconstruct(torch.zeros((b, *shape[1:]), device=device)), device)
+        served.latent = _fit(served, lambda b: model.reconstruct(torch.zeros((b, *shape[1:]), device=device)), device, settings.call_seconds)
     slowest = max((c.batch(1) for c in (served.denoiser, served.image, served.latent) if c is not None), default=0.0)
     if settings.call_seconds is not None and slowest > settings.call_seconds:
         raise TooSlow(f"This model takes {slowest:.1f} s per image here, over this Space's limit of {settings.call_seconds:.1f} s per model call.")

@@ -124,8 +124,8 @@ def build_demo(initial: str | None = None, policy: SourcePolicy | None = None) -
     def capped_launch(*args, **kwargs):
         """Every launcher (python app.py, genkit app, tests) gets the upload and body caps; a Space loads its listed models."""
         if space:  # at launch, not at import: a process that only imports the app (a build check) exits without a loader running
-            threading.Thread(target=app.preload, daemon=True).start()
-            threading.Thread(target=app.recalibrate, args=(stopped,), daemon=True).start()
+            threading.Thread(target=app.preload, daemon=True, name="genkit-space-preload").start()
+            threading.Thread(target=app.recalibrate, args=(stopped,), daemon=True, name="genkit-space-retime").start()
         app_kwargs = kwargs.pop("app_kwargs", None) or {}
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)]
         defaults = {"max_file_size": f"{MAX_UPLOAD_MB}mb", "max_threads": thread_budget(settings), "css": GRID_CSS}
