@@ -9,7 +9,6 @@ each file's metadata). Features run in float64 on the CPU, so thread counts and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,12 +89,10 @@ def prepare(images: torch.Tensor) -> torch.Tensor:
 
 
 def sha256(path: Path) -> str:
-    """The file's sha256, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, hex (runs.file_sha256, imported here: runs imports the families, which import evaluation)."""
+    from .runs import file_sha256
+
+    return file_sha256(path)
 
 
 def network_for(source: str) -> str | None:

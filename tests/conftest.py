@@ -155,3 +155,14 @@ def killed_after_checkpoint(step: int | None = None):
         pass
     finally:
         engine.save_checkpoint = original
+
+
+def train_space_runs(data_dir: Path, root: Path) -> Path:
+    """The three tiny runs the app and Space tests serve: a diffusion model, a denoising autoencoder and a 2-d VAE."""
+    from genkit.engine import train
+
+    train(tiny_config(data_dir, root / "diffusion", family="diffusion", model={"preset": "tiny", "sample_steps": 2},
+                      data={"value_range": "-1,1"}, max_steps=2, num_samples=4))
+    train(tiny_config(data_dir, root / "dae", data={"corruption": "gaussian"}, max_steps=4))
+    train(tiny_config(data_dir, root / "vae2d", family="vae", model={"latent_dim": 2, "hidden_dims": [32]}, max_steps=4))
+    return root

@@ -11,10 +11,9 @@ from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
-from conftest import tiny_config
+from conftest import train_space_runs
 from huggingface_hub import HfApi
 
-from genkit.engine import train
 from genkit.safe_load import REJECTED, Limits, ModelCache, ModelRejected, SourcePolicy
 
 APP = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
@@ -22,12 +21,7 @@ APP = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
 
 @pytest.fixture(scope="module")
 def runs(tiny_idx, tmp_path_factory):
-    root = tmp_path_factory.mktemp("space")
-    train(tiny_config(tiny_idx, root / "diffusion", family="diffusion", model={"preset": "tiny", "sample_steps": 2},
-                      data={"value_range": "-1,1"}, max_steps=2, num_samples=4))
-    train(tiny_config(tiny_idx, root / "dae", data={"corruption": "gaussian"}, max_steps=4))
-    train(tiny_config(tiny_idx, root / "vae2d", family="vae", model={"latent_dim": 2, "hidden_dims": [32]}, max_steps=4))
-    return root
+    return train_space_runs(tiny_idx, tmp_path_factory.mktemp("space"))
 
 
 class FakeHub:

@@ -4,20 +4,14 @@ import threading
 from collections import Counter
 
 import pytest
-from conftest import tiny_config
+from conftest import train_space_runs
 
-from genkit.engine import train
 from genkit.safe_load import SourcePolicy
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_idx, tmp_path_factory):
-    root = tmp_path_factory.mktemp("concurrency")
-    train(tiny_config(tiny_idx, root / "diffusion", family="diffusion", model={"preset": "tiny", "sample_steps": 2},
-                      data={"value_range": "-1,1"}, max_steps=2, num_samples=4))
-    train(tiny_config(tiny_idx, root / "dae", data={"corruption": "gaussian"}, max_steps=4))
-    train(tiny_config(tiny_idx, root / "vae2d", family="vae", model={"latent_dim": 2, "hidden_dims": [32]}, max_steps=4))
-    return root
+    return train_space_runs(tiny_idx, tmp_path_factory.mktemp("concurrency"))
 
 
 def race(runs, rounds: int, loads_per_round: int = 4) -> list[str]:
