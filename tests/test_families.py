@@ -30,8 +30,10 @@ def test_every_shipped_config_trains_and_loads(config, tiny_idx, tmp_path, capsy
     out = tmp_path / "run"
     overrides = [f"data.data_dir={tiny_idx}", "max_steps=3", "batch_size=16", "eval_batches=1", "num_samples=4", "log_with=none",
                  "progress_bar=false", "checkpoint_every=3", "model.sample_steps=2" if "diffusion" in config.stem or "rbm" in config.stem else "seed=0"]
-    if "diffusion" in config.stem:
+    if "diffusion" in config.stem or "meanflow" in config.stem:
         overrides.append("model.preset=tiny")
+    if "init_from:" in config.read_text():  # a run it fine-tunes (MeanFlow from a flow run: tests/test_mean_flow.py covers that path)
+        overrides.append("init_from=null")
     assert main(["train", "--config", str(config), "--output-dir", str(out), "--set", *overrides]) == 0, capsys.readouterr().err
     family = load_family(str(out))
     assert family.config == TrainConfig.load(out)

@@ -44,6 +44,7 @@ def test_sketch_layers_and_upload_lists_are_capped_before_decoding(space, tmp_pa
     peak RSS moves by less than 60 MB (decoding the 50 layers would take 3.2 GB)."""
     module, url = space()
     httpx.get(url, timeout=60)
+    assert "event: complete" in call(url, "/load", ["dae"])  # the listed model ready (the start-up preload may still run)
     image = tmp_path / "big.png"
     Image.new("L", (4096, 4096), 0).save(image, optimize=True)
     assert image.stat().st_size < 200_000
