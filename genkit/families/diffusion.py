@@ -8,6 +8,7 @@ guidance and x0 handling, so it loads in stock Diffusers with `trust_remote_code
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,11 @@ class DiffusionFamily(Family):
             models = {**models, "unet": mean_flow.widen_unet(models["unet"])}
         self._models = models
 
+    @functools.cached_property
+    def paired_noise(self) -> reflow.PairedNoise | None:
+        """The noise of each image when a flow run trains on a reflow pairs folder, else None (looked up once, not every step)."""
+        return reflow.PairedNoise.for_data(self.config.data) if self.flow else None
+
     @property
     def prediction_type(self) -> str:
         """What the UNet predicts: epsilon, v_prediction, sample, flow_prediction (the velocity noise - x0) or average_velocity (MeanFlow)."""
@@ -251,9 +257,8 @@ class DiffusionFamily(Family):
         x0 = batch["image"] if self.autoencoder is None else self.to_latent(batch["image"])
         n = len(x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        if self.flow and reflow.is_pairs_folder(self.config.data.source):  # 2-rectified flow: each image's own noise
-            self._pairs = getattr(self, "_pairs", None) or reflow.PairedNoise.for_data(self.config.data)
-            noise = self._pairs(batch["image"])
+        if self.paired_noise is not None:  # 2-rectified flow: each image's own noise
+            noise = self.paired_noise(batch["image"])
         labels = None
         if self.conditional:
             keep = torch.rand(n, generator=generator, device=x0.device) >= self.option("label_dropout")
