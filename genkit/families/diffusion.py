@@ -31,6 +31,7 @@ PRESETS = {
     "base": {"block_out_channels": [64, 128, 128], "layers_per_block": 2, "attention": True},
 }
 OBJECTIVES = ("ddpm", "flow_matching", "mean_flow")  # mean_flow: average velocities on the flow path (genkit/mean_flow.py)
+FLOW_OBJECTIVES = ("flow_matching", "mean_flow")  # both live on the straight path z = (1 - t) x + t e
 DEFAULT_SAMPLER = {"ddpm": "dpm++_sde", "flow_matching": "euler", "mean_flow": "euler"}
 # what a MeanFlow run samples with unless its config says otherwise: one jump, no extra CFG (it is in the training target)
 MEAN_FLOW_DEFAULTS = {"sample_steps": 1, "guidance_scale": 1.0}
@@ -99,7 +100,7 @@ class DiffusionFamily(Family):
             raise ConfigError(f"model.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2, got {m['beta_schedule']!r}")
         if m["objective"] not in OBJECTIVES:
             raise ConfigError(f"model.objective must be one of {OBJECTIVES}, got {m['objective']!r}")
-        flow = m["objective"] in ("flow_matching", "mean_flow")
+        flow = m["objective"] in FLOW_OBJECTIVES
         if m["objective"] == "mean_flow":
             try:
                 mean_flow.check_options(m)
@@ -159,7 +160,7 @@ class DiffusionFamily(Family):
     @property
     def flow(self) -> bool:
         """Whether this model lives on the flow-matching path (flow matching or MeanFlow; else DDPM)."""
-        return self.option("objective") in ("flow_matching", "mean_flow")
+        return self.option("objective") in FLOW_OBJECTIVES
 
     def option(self, key: str) -> Any:
         """A model option from the config, or its default; a MeanFlow run samples in 1 step with its trained-in guidance."""
