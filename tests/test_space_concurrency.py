@@ -93,3 +93,17 @@ def test_loads_through_http_while_the_preload_runs(runs, monkeypatch):
             assert errors == []
         finally:
             module.demo.close()
+
+
+def test_an_apps_results_folder_goes_with_it(runs):
+    """Every app writes its PNGs to a temporary folder of its own; the folder is removed with the app, not left in /tmp."""
+    import gc
+
+    from genkit.space.routes import SpaceApp
+
+    app = SpaceApp(SourcePolicy({"ddpm": str(runs / "diffusion")}, allow_hub=False), "cpu")
+    folder = app.results
+    (folder / "a.png").write_bytes(b"png")
+    del app
+    gc.collect()
+    assert not folder.exists()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -44,6 +46,8 @@ class SpaceApp:
         self.encoder = Encoder()
         self.listed = list(policy.models) if policy is not None else []
         self.results = Path(tempfile.mkdtemp(prefix="genkit-space-results-"))
+        # removed with the app (or at exit): Gradio has copied every result to its own cache by then
+        weakref.finalize(self, shutil.rmtree, self.results, ignore_errors=True)
         if self.space:  # listed models are pinned: Hub ids that visitors cycle through never evict them
             self.models = ModelCache(lambda source: measure(policy.load(source, device), self.settings, device), pinned=self.listed)
         else:  # a local user may fix a run and load it again at once
