@@ -1,14 +1,16 @@
 """One- and few-step generation on conditional MNIST: flow matching (today), reflow (2-rectified flow), MeanFlow from
-scratch and MeanFlow fine-tuned from the flow run, at 1, 2 and 4 network evaluations (and flow's default 8).
+scratch, MeanFlow fine-tuned from the flow run and MeanFlow on the reflow pairs, at 1, 2 and 4 network evaluations (and
+flow's default 8).
 
     python benchmarks/one_step.py --work runs/one_step --data-dir ../shared/data/mnist --train   # train, then score
     python benchmarks/one_step.py --work runs/one_step --data-dir ../shared/data/mnist           # score finished runs
 
 Training budgets are CPU seconds (process time, `--threads` threads; `max_train_cpu_seconds`), so every row costs the
-same total: flow runs `--budget` seconds; MeanFlow from scratch too; MeanFlow from flow and reflow start from a flow run
-of `--base` seconds and spend the rest (reflow: drawing the pairs, then training on them). Each cell is FD / class
-accuracy of `--n` samples (classes in turn, seed 1234) in genkit's classifier feature space (`genkit eval`'s offline
-space) against `--n` images of the reference split; the FD floor (reference vs other real images) is printed beside it.
+same total: flow runs `--budget` seconds; MeanFlow from scratch too; MeanFlow from flow, reflow and reflow + MeanFlow
+start from a flow run of `--base` seconds and spend the rest (the reflow rows: drawing the pairs, then training on them).
+Each cell is FD / class accuracy / pure-noise tiles of `--n` samples (classes in turn, seed 1234) in genkit's classifier
+feature space (`genkit eval`'s offline space) against `--n` images of the reference split; the FD floor (reference vs
+other real images) is printed beside it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from student_budget import NOISE_SHARE, mid_grey_share  # noqa: E402
+
 from genkit.config import TrainConfig  # noqa: E402
 from genkit.engine import train  # noqa: E402
 from genkit.evaluation import class_accuracy, get_classifier, real_pair  # noqa: E402
@@ -35,9 +39,9 @@ from genkit.runs import load_family  # noqa: E402
 
 FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
 MF_CONFIG = REPO / "training" / "configs" / "meanflow_mnist_5min.yaml"
-ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow")
-# the shorter flow run reflow and MeanFlow-from-flow start from, and MeanFlow from flow with mf_grid 0.5 and learning rate 1e-3
-EXTRA_ROWS = ("flow_base", "meanflow_from_flow_grid")
+ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow", "reflow_meanflow")
+# other rows are any run folder in --work: meanflow_from_flow* start from flow_base (its seconds count), reflow* from
+# flow_base and the pairs; flow_base itself is the start run
 
 
 def cpu_of(run: Path) -> float:
@@ -69,16 +73,23 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
     run_training(FLOW_CONFIG, work / "reflow", budget - base - pairs_cpu,
                  [*[d for d in data if not d.startswith("data.data_dir")], f"data.source={work / 'pairs'}", "data.data_dir=null",
                   f"init_from={work / 'flow_base'}", "model.guidance_scale=1.0", "model.sample_steps=1", *fine])
+    # MeanFlow on the pairs: each image's own noise (a straighter path) under the average-velocity objective
+    run_training(MF_CONFIG, work / "reflow_meanflow", budget - base - pairs_cpu,
+                 [f"data.source={work / 'pairs'}", "data.data_dir=null", f"init_from={work / 'flow_base'}"])
     started_from = cpu_of(work / "flow_base")
     return {"flow": cpu_of(work / "flow"), "meanflow_scratch": cpu_of(work / "meanflow_scratch"),
-            "meanflow_from_flow": started_from + cpu_of(work / "meanflow_from_flow"), "reflow": started_from + pairs_cpu + cpu_of(work / "reflow")}
+            "meanflow_from_flow": started_from + cpu_of(work / "meanflow_from_flow"), "reflow": started_from + pairs_cpu + cpu_of(work / "reflow"),
+            "reflow_meanflow": started_from + pairs_cpu + cpu_of(work / "reflow_meanflow")}
 
 
 def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list[str]) -> None:
     """Print the table: FD / class accuracy per row and NFE, training CPU seconds, sampling CPU seconds per 1,000 images.
     Each row's scores are kept in `work/scores-<row>-<n>.json`, so rows can be scored as their runs finish."""
     families = {row: load_family(str(work / row), "cpu") for row in rows if (work / row / "model_index.json").is_file()}
-    data = next(f.config.data for f in families.values() if not is_pairs_folder(f.config.data.source))  # MNIST, never the pairs
+    # the reference is MNIST, never a pairs folder: a row's own data, or the start run's when only reflow rows are scored
+    configs = [f.config for f in families.values()] + [TrainConfig.load(str(run / "training_config.json")) for run in [work / "flow_base", work / "flow"]
+                                                       if (run / "training_config.json").is_file()]
+    data = next(c.data for c in configs if not is_pairs_folder(c.data.source))
     data.data_dir = data.data_dir if data.data_dir and Path(data.data_dir).is_dir() else None
     classifier = get_classifier(data, "cpu")
     space = feature_space("genkit", data)  # the shipped genkit-mnist-v1
@@ -88,6 +99,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     labels = torch.arange(n) % 10
     cells: dict[tuple[str, int], str] = {}
     speed: dict[tuple[str, int], float] = {}
+    fds: dict[tuple[str, int], float] = {}
     loads = []
     for row, family in families.items():
         record = work / f"scores-{row}-{n}.json"
@@ -99,17 +111,22 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
                 fake = torch.cat([family.generate(len(c), generator, labels[c], steps=nfe) for c in torch.arange(n).split(250)])
                 seconds = 1000 * (time.process_time() - started) / n
                 done[str(nfe)] = {"fd": fd_kid(real_features, space.extract(fake))["fd"], "acc": class_accuracy(fake, labels, classifier),
-                                  "cpu_per_1k": seconds, "load": os.getloadavg()[0]}
+                                  "noise": int((mid_grey_share(fake) > NOISE_SHARE).sum()), "cpu_per_1k": seconds, "load": os.getloadavg()[0]}
                 record.write_text(json.dumps(done, indent=1))
             got = done[str(nfe)]
-            cells[(row, nfe)], speed[(row, nfe)] = f"{got['fd']:.1f} / {got['acc']:.3f}", got["cpu_per_1k"]
+            noise = f" / {got['noise']}" if "noise" in got else ""
+            cells[(row, nfe)], speed[(row, nfe)] = f"{got['fd']:.1f} / {got['acc']:.3f}{noise}", got["cpu_per_1k"]
+            fds[(row, nfe)] = got["fd"]
             loads.append(got["load"])
             print(f"{row} NFE {nfe}: {cells[(row, nfe)]}, {speed[(row, nfe)]:.1f} CPU s / 1k images", flush=True)
     load = max(loads)
-    print(f"\nprotocol: conditional MNIST, `tiny` UNet, seed 0, {torch.get_num_threads()} thread(s), load average up to {load:.1f} on "
+    seeds = ", ".join(str(s) for s in sorted({f.config.seed for f in families.values()}))
+    presets = ", ".join(sorted({str(f.option("preset")) for f in families.values()}))
+    print(f"\nprotocol: conditional MNIST, `{presets}` UNet, training seed {seeds}, {torch.get_num_threads()} thread(s), load average up to {load:.1f} on "
           f"{os.cpu_count()} CPUs; {n} samples per cell (classes in turn, sampling seed 1234) against {n} images of the "
           f"reference split, FD in genkit's classifier feature space (floor: real vs real {floor:.1f}); guidance: flow 1.5 "
-          f"(CFG, both halves in one batch), reflow 1.0, MeanFlow trained in (omega 1.5), 1 evaluation per step\n")
+          f"(CFG, both halves in one batch), reflow 1.0, MeanFlow trained in (omega 1.5), 1 evaluation per step. Each cell: "
+          f"FD / class accuracy / pure-noise tiles (share of mid-grey pixels over {NOISE_SHARE})\n")
     print("| row | training CPU s | NFE 1 | NFE 2 | NFE 4 | NFE 8 | CPU s / 1k images at NFE 1 |")
     print("|---|---|---|---|---|---|---|")
     for row in families:
@@ -118,6 +135,9 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     if ("flow", 8) in speed:
         print(f"\nflow at its default 8 steps: {speed[('flow', 8)]:.1f} CPU s / 1k images; "
               + ", ".join(f"{row} at 1 NFE is {speed[('flow', 8)] / speed[(row, 1)]:.1f}x faster" for row in families if row != "flow"))
+        print("FD over flow's at 8 NFE, at 1 / 2 NFE (goals: 1.25x / 1.1x): " + ", ".join(
+            f"{row} {fds[(row, 1)] / fds[('flow', 8)]:.1f}x / {fds[(row, 2)] / fds[('flow', 8)]:.1f}x"
+            for row in families if (row, 1) in fds and (row, 2) in fds))
 
 
 def main() -> None:
@@ -125,14 +145,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", required=True, help="folder of the runs (finished ones are reused)")
     parser.add_argument("--train", action="store_true", help="train the missing runs first")
-    parser.add_argument("--budget", type=float, default=300, help="training CPU seconds per row")
-    parser.add_argument("--base", type=float, default=150, help="CPU seconds of the flow run that reflow and MeanFlow-from-flow start from")
+    parser.add_argument("--budget", type=float, default=600, help="training CPU seconds per row")
+    parser.add_argument("--base", type=float, default=300, help="CPU seconds of the flow run that reflow and MeanFlow-from-flow start from")
     parser.add_argument("--pairs", type=int, default=1000, help="reflow pairs drawn from the base flow run")
-    parser.add_argument("--n", type=int, default=500, help="samples per cell")
+    parser.add_argument("--n", type=int, default=1000, help="samples per cell")
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--data-dir", default=None, help="MNIST IDX folder (offline)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA_ROWS, help="rows to score (finished runs only)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help="run folders in --work to score (finished runs only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -141,11 +161,11 @@ def main() -> None:
     if args.train:
         cpu = train_all(work, args.budget, args.base, data, args.pairs)
     else:
-        cpu = {row: cpu_of(work / row) for row in ROWS + EXTRA_ROWS if (work / row / "metrics.json").is_file()}
+        cpu = {row: cpu_of(work / row) for row in args.rows if (work / row / "metrics.json").is_file()}
         base = cpu_of(work / "flow_base") if (work / "flow_base" / "metrics.json").is_file() else float("nan")
         pairs = json.loads((work / "pairs_cpu.json").read_text())["cpu_seconds"] if (work / "pairs_cpu.json").is_file() else float("nan")
         for row in cpu:  # the start run (and the pairs) count
-            cpu[row] += base if row.startswith("meanflow_from_flow") else base + pairs if row == "reflow" else 0
+            cpu[row] += base if row.startswith("meanflow_from_flow") else base + pairs if row.startswith("reflow") else 0
     score(work, cpu, args.n, args.nfe, args.rows)
 
 

@@ -70,3 +70,27 @@ def test_a_run_on_the_pairs_trains_towards_each_images_own_noise(pairs, tmp_path
     summary = train(flow_config(pairs, tmp_path / "run", data={"source": str(pairs / "pairs"), "data_dir": None, "value_range": "-1,1"},
                                 init_from=str(pairs / "flow"), batch_size=4))
     assert summary["step"] == 2 and load_family(str(tmp_path / "run")).generate(2, torch.Generator().manual_seed(0), steps=1).shape == (2, 1, 28, 28)
+
+
+def test_meanflow_on_the_pairs_regresses_from_each_images_own_noise(pairs, tmp_path):
+    """Reflow + MeanFlow (the best 1-NFE row of docs/one-step.md): MeanFlow's path also starts at each image's own noise."""
+    config = flow_config(pairs, tmp_path / "mf", data={"source": str(pairs / "pairs"), "data_dir": None, "value_range": "-1,1"},
+                         init_from=str(pairs / "flow"), batch_size=4)
+    config.model.update(objective="mean_flow", mf_ratio=0.0, mf_omega=1.0, mf_jvp="fd")  # r = t: the target is v = e - x, exactly
+    info = SimpleNamespace(channels=1, image_size=28, num_classes=10, class_names=[str(i) for i in range(10)])
+    family = DiffusionFamily(config, info)
+    seen = {}
+    unet = family.models["unet"]
+
+    def record(x, t, class_labels=None):
+        seen["x"], seen["s"] = x[:, :1], t / 1000
+        return SimpleNamespace(sample=torch.zeros_like(x[:, :1]))
+
+    unet.forward = record
+    ds = datasets.load_from_disk(str(pairs / "pairs")).with_format("numpy")
+    images = torch.tensor(np.asarray(ds["image"][4:8])).float()[:, None] / 255 * 2 - 1
+    family.loss("unet", {"image": images, "label": torch.tensor(ds["label"][4:8])}, torch.Generator().manual_seed(0))
+    s = seen["s"].view(-1, 1, 1, 1)
+    assert torch.allclose((seen["x"] - (1 - s) * images) / s, torch.tensor(np.asarray(ds["noise"][4:8])), atol=1e-4)
+    summary = train(config)
+    assert summary["step"] == 2 and load_family(str(tmp_path / "mf")).generate(2, torch.Generator().manual_seed(0)).shape == (2, 1, 28, 28)
