@@ -396,17 +396,11 @@ def _space(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
-    import importlib.util
-
     from .extras import require
-    from .hub import SPACE_APP as path
 
-    if not path.is_file():
-        raise ConfigError(f"the Gradio app is not installed next to genkit ({path}); run it from a source checkout")
     require("gradio", "app", "`genkit app`")
-    spec = importlib.util.spec_from_file_location("genkit_space_app", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from .space import build_demo  # the app is a package of genkit: an installed wheel has it, no checkout needed
+
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     policy, initial = None, args.run
@@ -424,7 +418,7 @@ def _app(args: argparse.Namespace) -> int:
     elif public:
         print(f"genkit app: WARNING: --share-local-policy: {reach}; anyone who reaches it can load any path or Hub id on this machine, "
               "with no budget", file=sys.stderr)
-    demo = module.build_demo(initial, policy)
+    demo = build_demo(initial, policy)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
