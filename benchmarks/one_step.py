@@ -57,8 +57,8 @@ def run_training(config: Path, run: Path, cpu: float, sets: list[str]) -> None:
     train(TrainConfig.load(str(config)).with_overrides(base + sets), overwrite=True)
 
 
-def train_all(work: Path, budget: float, base: float, data: list[str], pairs: int) -> dict[str, float]:
-    """The four rows' runs; returns the total training CPU seconds of each row (a start run's seconds included)."""
+def train_all(work: Path, budget: float, base: float, data: list[str], pairs: int) -> None:
+    """The rows' runs (and the start run and pairs they share), each to its share of the budget."""
     run_training(FLOW_CONFIG, work / "flow_base", base, data)
     run_training(FLOW_CONFIG, work / "flow", budget, data)
     fine = ["learning_rate=5e-4", "warmup_steps=20", "ema_decay=0.99"]
@@ -76,10 +76,15 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
     # MeanFlow on the pairs: each image's own noise (a straighter path) under the average-velocity objective
     run_training(MF_CONFIG, work / "reflow_meanflow", budget - base - pairs_cpu,
                  [f"data.source={work / 'pairs'}", "data.data_dir=null", f"init_from={work / 'flow_base'}"])
-    started_from = cpu_of(work / "flow_base")
-    return {"flow": cpu_of(work / "flow"), "meanflow_scratch": cpu_of(work / "meanflow_scratch"),
-            "meanflow_from_flow": started_from + cpu_of(work / "meanflow_from_flow"), "reflow": started_from + pairs_cpu + cpu_of(work / "reflow"),
-            "reflow_meanflow": started_from + pairs_cpu + cpu_of(work / "reflow_meanflow")}
+
+
+def row_cpu(work: Path, rows: list[str]) -> dict[str, float]:
+    """Total training CPU seconds of each finished row: its own, plus the start run's (meanflow_from_flow*) or the start
+    run's and the pairs' (reflow*)."""
+    base = cpu_of(work / "flow_base") if (work / "flow_base" / "metrics.json").is_file() else float("nan")
+    pairs = json.loads((work / "pairs_cpu.json").read_text())["cpu_seconds"] if (work / "pairs_cpu.json").is_file() else float("nan")
+    shared = {row: base if row.startswith("meanflow_from_flow") else base + pairs if row.startswith("reflow") else 0 for row in rows}
+    return {row: cpu_of(work / row) + shared[row] for row in rows if (work / row / "metrics.json").is_file()}
 
 
 def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list[str]) -> None:
@@ -159,14 +164,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
     if args.train:
-        cpu = train_all(work, args.budget, args.base, data, args.pairs)
-    else:
-        cpu = {row: cpu_of(work / row) for row in args.rows if (work / row / "metrics.json").is_file()}
-        base = cpu_of(work / "flow_base") if (work / "flow_base" / "metrics.json").is_file() else float("nan")
-        pairs = json.loads((work / "pairs_cpu.json").read_text())["cpu_seconds"] if (work / "pairs_cpu.json").is_file() else float("nan")
-        for row in cpu:  # the start run (and the pairs) count
-            cpu[row] += base if row.startswith("meanflow_from_flow") else base + pairs if row.startswith("reflow") else 0
-    score(work, cpu, args.n, args.nfe, args.rows)
+        train_all(work, args.budget, args.base, data, args.pairs)
+    score(work, row_cpu(work, args.rows), args.n, args.nfe, args.rows)
 
 
 if __name__ == "__main__":
