@@ -1,6 +1,6 @@
 """One- and few-step generation on conditional MNIST: flow matching (today), reflow (2-rectified flow), MeanFlow from
-scratch, MeanFlow fine-tuned from the flow run and MeanFlow on the reflow pairs, at 1, 2 and 4 network evaluations (and
-flow's default 8).
+scratch, MeanFlow fine-tuned from the flow run, MeanFlow on the reflow pairs and reflow distilled at the 1- and 2-step
+sampler's times (`model.time_sampling: grid`), at 1, 2 and 4 network evaluations (and flow's default 8).
 
     python benchmarks/one_step.py --work runs/one_step --data-dir ../shared/data/mnist --train   # train, then score
     python benchmarks/one_step.py --work runs/one_step --data-dir ../shared/data/mnist           # score finished runs
@@ -39,7 +39,7 @@ from genkit.runs import load_family  # noqa: E402
 
 FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
 MF_CONFIG = REPO / "training" / "configs" / "meanflow_mnist_5min.yaml"
-ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow", "reflow_meanflow")
+ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow", "reflow_meanflow", "reflow_distill")
 # other rows are any run folder in --work: meanflow_from_flow* start from flow_base (its seconds count), reflow* from
 # flow_base and the pairs; flow_base itself is the start run
 
@@ -70,12 +70,13 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
         write_pairs(str(work / "flow_base"), work / "pairs", pairs, progress=False)
         record.write_text(json.dumps({"cpu_seconds": time.process_time() - started}))
     pairs_cpu = json.loads(record.read_text())["cpu_seconds"]
-    run_training(FLOW_CONFIG, work / "reflow", budget - base - pairs_cpu,
-                 [*[d for d in data if not d.startswith("data.data_dir")], f"data.source={work / 'pairs'}", "data.data_dir=null",
-                  f"init_from={work / 'flow_base'}", "model.guidance_scale=1.0", "model.sample_steps=1", *fine])
+    on_pairs = [f"data.source={work / 'pairs'}", "data.data_dir=null", f"init_from={work / 'flow_base'}"]
+    reflow = [*on_pairs, "model.guidance_scale=1.0", "model.sample_steps=1", *fine]
+    run_training(FLOW_CONFIG, work / "reflow", budget - base - pairs_cpu, reflow)
+    # Liu et al.'s last stage: the same pairs, trained only where the 1- and 2-step Euler samplers evaluate
+    run_training(FLOW_CONFIG, work / "reflow_distill", budget - base - pairs_cpu, [*reflow, "model.time_sampling=grid", "model.grid_steps=[1,2]"])
     # MeanFlow on the pairs: each image's own noise (a straighter path) under the average-velocity objective
-    run_training(MF_CONFIG, work / "reflow_meanflow", budget - base - pairs_cpu,
-                 [f"data.source={work / 'pairs'}", "data.data_dir=null", f"init_from={work / 'flow_base'}"])
+    run_training(MF_CONFIG, work / "reflow_meanflow", budget - base - pairs_cpu, on_pairs)
 
 
 def row_cpu(work: Path, rows: list[str]) -> dict[str, float]:

@@ -155,6 +155,24 @@ def test_time_sampling_choices(tiny_idx, tmp_path):
     assert 0 < uniform.min() and uniform.max() < 1 and 0 < logit.min() and logit.max() < 1
 
 
+def test_grid_times_are_where_the_euler_sampler_evaluates(tiny_idx, tmp_path):
+    """time_sampling: grid (one-step distillation on reflow pairs) trains exactly at the 1- and 2-step sampler's times, shifted as it shifts them."""
+    info = SimpleNamespace(channels=1, image_size=8, num_classes=10, class_names=[str(i) for i in range(10)])
+    family = DiffusionFamily(flow_config(tiny_idx, tmp_path / "g", time_sampling="grid", grid_steps=[1, 2], flow_shift=3.0), info)
+    s = family.flow_times(20000, torch.Generator().manual_seed(0), "cpu")
+    visited = []
+    for steps in (1, 2):
+        oracle = VelocityOracle(targets(1))
+        sample(oracle, make_scheduler("euler", family.noise_scheduler.config, flow=True), 1, steps, torch.Generator().manual_seed(0),
+               prediction_type="flow_prediction")
+        visited += oracle.seen
+    assert sorted(set(visited)) == pytest.approx([0.75, 1.0])  # shift 3 moves the 2-step sampler's midpoint from 1/2 to 3/4
+    assert sorted(set(s.tolist())) == pytest.approx(sorted(set(visited)))
+    assert ((s == 1).float().mean() - 0.75).abs() < 0.02  # half the draws are 1-step, half the 2-step sampler's two times
+    with pytest.raises(ConfigError, match="model.grid_steps must be a list"):
+        train(flow_config(tiny_idx, tmp_path / "bad", time_sampling="grid", grid_steps=[0, 2]))
+
+
 def test_conditional_flow_run_trains_saves_loads_and_samples_with_every_sampler(tiny_idx, tmp_path):
     run = tmp_path / "run"
     summary = train(flow_config(tiny_idx, run, class_conditional=True, time_sampling="logit_normal"))

@@ -73,8 +73,9 @@ class DiffusionFamily(Family):
             "preset": "small", "block_out_channels": None, "layers_per_block": None, "attention": None,
             # flow_matching: x_t = (1 - s) x0 + s noise, the UNet predicts noise - x0 at timestep s * T; s is drawn
             # uniformly or logit-normally (sigmoid of N(logit_mean, logit_std), SD3's choice: more weight mid-path);
-            # flow_shift > 1 moves the sampling steps towards noise (SD3's shift)
-            "objective": "ddpm", "time_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "flow_shift": 1.0,
+            # flow_shift > 1 moves the sampling steps towards noise (SD3's shift); time_sampling: grid trains only at the
+            # times an Euler sampler of grid_steps steps visits (one-step distillation on reflow pairs, Liu et al.'s last stage)
+            "objective": "ddpm", "time_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "flow_shift": 1.0, "grid_steps": [1, 2],
             "prediction_type": "epsilon", "beta_schedule": "linear", "num_train_timesteps": 1000, "snr_gamma": None,
             "class_conditional": False, "label_dropout": 0.1,
             # sampler null: dpm++_sde for ddpm, euler for flow matching
@@ -107,8 +108,11 @@ class DiffusionFamily(Family):
             except ValueError as err:
                 raise ConfigError(str(err)) from None
         if flow:
-            if m["time_sampling"] not in ("uniform", "logit_normal"):
-                raise ConfigError(f"model.time_sampling must be uniform or logit_normal, got {m['time_sampling']!r}")
+            if m["time_sampling"] not in ("uniform", "logit_normal", "grid"):
+                raise ConfigError(f"model.time_sampling must be uniform, logit_normal or grid, got {m['time_sampling']!r}")
+            steps = m["grid_steps"]
+            if not isinstance(steps, list) or not steps or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in steps):
+                raise ConfigError(f"model.grid_steps must be a list of sampler step counts >= 1 (e.g. [1, 2]), got {steps!r}")
             if not m["logit_std"] > 0 or not m["flow_shift"] > 0:
                 raise ConfigError("model.logit_std and model.flow_shift must be > 0")
             misplaced = [k for k in DDPM_ONLY if config.model.get(k) is not None and k in config.model]
@@ -289,7 +293,14 @@ class DiffusionFamily(Family):
         return (per_image * weight).mean(), {"mse": per_image.mean().detach()}
 
     def flow_times(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-        """Path positions s in (0, 1) (0: data, 1: noise) for a training batch, uniform or logit-normal."""
+        """Path positions s in (0, 1] (0: data, 1: noise) for a training batch: uniform, logit-normal, or the Euler grid."""
+        if self.option("time_sampling") == "grid":
+            # a step count m from grid_steps, then one of its times 1, 1 - 1/m, ..., 1/m, shifted as the sampler shifts them
+            steps = torch.tensor(self.option("grid_steps"), dtype=torch.float32, device=device)
+            m = steps[torch.randint(0, len(steps), (n,), generator=generator, device=device)]
+            s = 1 - torch.floor(torch.rand(n, generator=generator, device=device) * m) / m
+            shift = self.option("flow_shift")
+            return shift * s / (1 + (shift - 1) * s)
         if self.option("time_sampling") == "logit_normal":
             return torch.sigmoid(self.option("logit_mean") + self.option("logit_std") * torch.randn(n, generator=generator, device=device))
         return torch.rand(n, generator=generator, device=device)
