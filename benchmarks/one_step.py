@@ -39,6 +39,7 @@ from genkit.runs import load_family  # noqa: E402
 
 FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
 MF_CONFIG = REPO / "training" / "configs" / "meanflow_mnist_5min.yaml"
+DISTILL_CONFIG = REPO / "training" / "configs" / "reflow_distill_mnist.yaml"
 ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow", "reflow_meanflow", "reflow_distill")
 # other rows are any run folder in --work: meanflow_from_flow* start from flow_base (its seconds count), reflow* from
 # flow_base and the pairs; flow_base itself is the start run
@@ -74,7 +75,7 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
     reflow = [*on_pairs, "model.guidance_scale=1.0", "model.sample_steps=1", *fine]
     run_training(FLOW_CONFIG, work / "reflow", budget - base - pairs_cpu, reflow)
     # Liu et al.'s last stage: the same pairs, trained only where the 1- and 2-step Euler samplers evaluate
-    run_training(FLOW_CONFIG, work / "reflow_distill", budget - base - pairs_cpu, [*reflow, "model.time_sampling=grid", "model.grid_steps=[1,2]"])
+    run_training(DISTILL_CONFIG, work / "reflow_distill", budget - base - pairs_cpu, on_pairs)
     # MeanFlow on the pairs: each image's own noise (a straighter path) under the average-velocity objective
     run_training(MF_CONFIG, work / "reflow_meanflow", budget - base - pairs_cpu, on_pairs)
 
@@ -95,7 +96,9 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     # the reference is MNIST, never a pairs folder: a row's own data, or the start run's when only reflow rows are scored
     configs = [f.config for f in families.values()] + [TrainConfig.load(str(run / "training_config.json")) for run in [work / "flow_base", work / "flow"]
                                                        if (run / "training_config.json").is_file()]
-    data = next(c.data for c in configs if not is_pairs_folder(c.data.source))
+    data = next((c.data for c in configs if not is_pairs_folder(c.data.source)), None)
+    if data is None:
+        raise SystemExit(f"no finished run of {rows} (nor flow_base / flow) in {work}: train them first (--train)")
     data.data_dir = data.data_dir if data.data_dir and Path(data.data_dir).is_dir() else None
     classifier = get_classifier(data, "cpu")
     space = feature_space("genkit", data)  # the shipped genkit-mnist-v1

@@ -45,6 +45,7 @@ TINY_CAPS = {  # command: {flag: (cap, appended when absent)}
     "generate": {"--n": (20, False)},
     "analyze": {"--num-images": (100, True), "--train-images": (100, True)},
     "sample": {"--n": (100, False)},
+    "reflow-pairs": {"--n": (16, False)},
 }
 CAS_STEPS = 4  # genkit eval --cas trains four classifiers for 1,500 steps each; the docs test trains them 4
 APP_START_SECONDS = 600  # generous: the machine may be busy; the test waits for the page, not for a fixed time
@@ -230,7 +231,9 @@ def tiny_argv(argv: list[str]) -> list[str]:
 
 
 def created_run(argv: list[str]) -> str | None:
-    """runs/NAME a `genkit train` command line makes (None for other commands)."""
+    """runs/NAME a `genkit train` (or `genkit reflow-pairs --out`) command line makes (None for other commands)."""
+    if argv[:2] == ["genkit", "reflow-pairs"] and "--out" in argv:
+        return argv[argv.index("--out") + 1].rstrip("/")
     if argv[:2] != ["genkit", "train"] and not (argv[:2] == ["accelerate", "launch"] and "train.py" in " ".join(argv)):
         return None
     if "--output-dir" in argv:

@@ -34,6 +34,8 @@ def test_every_shipped_config_trains_and_loads(config, tiny_idx, tmp_path, capsy
         overrides.append("model.preset=tiny")
     if "init_from:" in config.read_text():  # a run it fine-tunes (MeanFlow from a flow run: tests/test_mean_flow.py covers that path)
         overrides.append("init_from=null")
+    if "source: runs/" in config.read_text():  # reflow pairs a README command makes (tests/test_reflow.py trains this config on pairs)
+        overrides.append("data.source=mnist")
     assert main(["train", "--config", str(config), "--output-dir", str(out), "--set", *overrides]) == 0, capsys.readouterr().err
     family = load_family(str(out))
     assert family.config == TrainConfig.load(out)

@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 from genkit.cli import main
 from genkit.engine import train
@@ -94,3 +94,25 @@ def test_meanflow_on_the_pairs_regresses_from_each_images_own_noise(pairs, tmp_p
     assert torch.allclose((seen["x"] - (1 - s) * images) / s, torch.tensor(np.asarray(ds["noise"][4:8])), atol=1e-4)
     summary = train(config)
     assert summary["step"] == 2 and load_family(str(tmp_path / "mf")).generate(2, torch.Generator().manual_seed(0)).shape == (2, 1, 28, 28)
+
+
+def test_the_shipped_distill_config_trains_on_the_pairs_at_the_samplers_times(pairs, tmp_path):
+    """reflow_distill_mnist.yaml (the best 1-NFE row of docs/one-step.md): from the teacher, on its pairs, only at t = 1
+    and 1/2, and its run samples in one step with no CFG."""
+    from genkit.config import TrainConfig
+
+    config = TrainConfig.load(str(REPO / "training" / "configs" / "reflow_distill_mnist.yaml")).with_overrides(
+        [f"data.source={pairs / 'pairs'}", f"init_from={pairs / 'flow'}", f"output_dir={tmp_path / 'run'}", "max_train_seconds=null",
+         "max_steps=3", "batch_size=4", "eval_batches=1", "num_samples=4", "log_with=none", "progress_bar=false"])
+    info = SimpleNamespace(channels=1, image_size=28, num_classes=10, class_names=[str(i) for i in range(10)])
+    family = DiffusionFamily(config, info)
+    assert set(family.flow_times(1000, torch.Generator().manual_seed(0), "cpu").tolist()) == {0.5, 1.0}
+    assert train(config)["step"] == 3
+    run = load_family(str(tmp_path / "run"))
+    assert run.option("sample_steps") == 1 and run.option("guidance_scale") == 1.0 and run.paired_noise is not None
+    calls = []
+    unet = run.models["unet"]
+    forward = unet.forward
+    unet.forward = lambda *a, **k: calls.append(len(a[0])) or forward(*a, **k)
+    assert run.generate(3, torch.Generator().manual_seed(0), torch.tensor([1, 2, 3])).shape == (3, 1, 28, 28)
+    assert calls == [3]  # one evaluation, unguided
