@@ -58,26 +58,31 @@ def run_training(config: Path, run: Path, cpu: float, sets: list[str]) -> None:
     train(TrainConfig.load(str(config)).with_overrides(base + sets), overwrite=True)
 
 
-def train_all(work: Path, budget: float, base: float, data: list[str], pairs: int) -> None:
-    """The rows' runs (and the start run and pairs they share), each to its share of the budget."""
+def train_all(work: Path, budget: float, base: float, data: list[str], pairs: int, rows: list[str]) -> None:
+    """The runs of `rows` (and the start run and pairs they share), each to its share of the budget."""
+    if "flow" in rows:
+        run_training(FLOW_CONFIG, work / "flow", budget, data)
+    if "meanflow_scratch" in rows:
+        run_training(MF_CONFIG, work / "meanflow_scratch", budget, [*data, "init_from=null", "learning_rate=1e-3", "warmup_steps=100", "ema_decay=0.999"])
+    if not {"meanflow_from_flow", "reflow", "reflow_distill", "reflow_meanflow"} & set(rows):
+        return
     run_training(FLOW_CONFIG, work / "flow_base", base, data)
-    run_training(FLOW_CONFIG, work / "flow", budget, data)
-    fine = ["learning_rate=5e-4", "warmup_steps=20", "ema_decay=0.99"]
-    run_training(MF_CONFIG, work / "meanflow_from_flow", budget - base, [*data, f"init_from={work / 'flow_base'}"])
-    run_training(MF_CONFIG, work / "meanflow_scratch", budget, [*data, "init_from=null", "learning_rate=1e-3", "warmup_steps=100", "ema_decay=0.999"])
+    if "meanflow_from_flow" in rows:
+        run_training(MF_CONFIG, work / "meanflow_from_flow", budget - base, [*data, f"init_from={work / 'flow_base'}"])
     record = work / "pairs_cpu.json"
     if not record.is_file():
         started = time.process_time()
         write_pairs(str(work / "flow_base"), work / "pairs", pairs, progress=False)
         record.write_text(json.dumps({"cpu_seconds": time.process_time() - started}))
-    pairs_cpu = json.loads(record.read_text())["cpu_seconds"]
+    left = budget - base - json.loads(record.read_text())["cpu_seconds"]
     on_pairs = [f"data.source={work / 'pairs'}", "data.data_dir=null", f"init_from={work / 'flow_base'}"]
-    reflow = [*on_pairs, "model.guidance_scale=1.0", "model.sample_steps=1", *fine]
-    run_training(FLOW_CONFIG, work / "reflow", budget - base - pairs_cpu, reflow)
-    # Liu et al.'s last stage: the same pairs, trained only where the 1- and 2-step Euler samplers evaluate
-    run_training(DISTILL_CONFIG, work / "reflow_distill", budget - base - pairs_cpu, on_pairs)
-    # MeanFlow on the pairs: each image's own noise (a straighter path) under the average-velocity objective
-    run_training(MF_CONFIG, work / "reflow_meanflow", budget - base - pairs_cpu, on_pairs)
+    if "reflow" in rows:
+        run_training(FLOW_CONFIG, work / "reflow", left, [*on_pairs, "model.guidance_scale=1.0", "model.sample_steps=1", "learning_rate=5e-4",
+                                                          "warmup_steps=20", "ema_decay=0.99"])
+    if "reflow_distill" in rows:  # Liu et al.'s last stage: the same pairs, trained only where the 1- and 2-step Euler samplers evaluate
+        run_training(DISTILL_CONFIG, work / "reflow_distill", left, on_pairs)
+    if "reflow_meanflow" in rows:  # each image's own noise (a straighter path) under the average-velocity objective
+        run_training(MF_CONFIG, work / "reflow_meanflow", left, on_pairs)
 
 
 def row_cpu(work: Path, rows: list[str]) -> dict[str, float]:
@@ -131,9 +136,10 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     load = max(loads)
     seeds = ", ".join(str(s) for s in sorted({f.config.seed for f in families.values()}))
     presets = ", ".join(sorted({str(f.option("preset")) for f in families.values()}))
-    print(f"\nprotocol: conditional MNIST, `{presets}` UNet, training seed {seeds}, {torch.get_num_threads()} thread(s), load average up to {load:.1f} on "
+    print(f"\nprotocol: conditional {data.source}, `{presets}` UNet, training seed {seeds}, {torch.get_num_threads()} thread(s), "
+          f"load average up to {load:.1f} on "
           f"{os.cpu_count()} CPUs; {n} samples per cell (classes in turn, sampling seed 1234) against {n} images of the "
-          f"reference split, FD in genkit's classifier feature space (floor: real vs real {floor:.1f}); guidance: flow 1.5 "
+          f"reference split, FD in {getattr(space, 'network', 'genkit')}'s feature space (floor: real vs real {floor:.1f}); guidance: flow 1.5 "
           f"(CFG, both halves in one batch), reflow 1.0, MeanFlow trained in (omega 1.5), 1 evaluation per step. Each cell: "
           f"FD / class accuracy / pure-noise tiles (share of mid-grey pixels over {NOISE_SHARE})\n")
     print("| row | training CPU s | NFE 1 | NFE 2 | NFE 4 | NFE 8 | CPU s / 1k images at NFE 1 |")
@@ -159,16 +165,17 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1000, help="reflow pairs drawn from the base flow run")
     parser.add_argument("--n", type=int, default=1000, help="samples per cell")
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--data-dir", default=None, help="MNIST IDX folder (offline)")
+    parser.add_argument("--source", default="mnist", help="data set of every row: mnist, fashion_mnist (Fashion-MNIST), ...")
+    parser.add_argument("--data-dir", default=None, help="folder of the data set's IDX files (offline)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), help="run folders in --work to score (finished runs only)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help="rows to train (--train) and score: any of the above, or a finished run folder in --work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    data = [f"data.source={args.source}"] + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     if args.train:
-        train_all(work, args.budget, args.base, data, args.pairs)
+        train_all(work, args.budget, args.base, data, args.pairs, args.rows)
     score(work, row_cpu(work, args.rows), args.n, args.nfe, args.rows)
 
 

@@ -445,7 +445,7 @@ def check_repo_id(repo_id: str, what: str = "repo id") -> None:
 
 # ---- Spaces -----------------------------------------------------------------------------------------------
 
-SPACE_APP = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
+SPACE_APP = Path(__file__).resolve().parent / "space" / "app.py"  # the Space's entry point (spaces/app.py links to it): in every wheel
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # CPU-only torch wheels (no CUDA libraries) for a CPU Space
 SDK_PROVIDED = {"gradio"}  # installed by the Space's SDK at the card's sdk_version
 
@@ -549,15 +549,13 @@ def prepare_space(repo_id: str, models: list[str], folder: str | Path, allow_hub
             local[name] = Path(model).expanduser()
         else:
             check_repo_id(model, "--model (a Hub model id or a local run directory)")
-    if not SPACE_APP.is_file():
-        raise ConfigError(f"the Gradio app is not installed next to genkit ({SPACE_APP}); run `genkit space` from a source checkout")
     listed = [f"{bundle_name(Path(m).expanduser())}=models/{bundle_name(Path(m).expanduser())}" if Path(m).expanduser().is_dir() else m for m in models]
 
     def fill(staging: Path) -> list[str]:
         for name, run_dir in local.items():
             prepare_upload(run_dir, f"local/{name}", staging / "models" / name, card=False)
         package = Path(__file__).resolve().parent
-        for source in sorted(package.rglob("*.py")):  # the Space imports genkit from here: no index or git URL needed
+        for source in sorted(set(package.rglob("*.py")) - {SPACE_APP}):  # the Space imports genkit from here: no index or git URL needed
             target = staging / "genkit" / source.relative_to(package)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)

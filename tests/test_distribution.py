@@ -160,3 +160,9 @@ def test_the_wheel_builds_passes_twine_and_its_cli_runs_in_a_clean_venv(tmp_path
     trained = subprocess.run([genkit, "train", "--config", str(config)], capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    # the Space's entry point is package data too: `genkit space` writes a Space folder from the wheel alone
+    spaced = subprocess.run([genkit, "space", "--repo-id", "me/space", "--model", str(tmp_path / "run"), "--dry-run", str(tmp_path / "space")],
+                            capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=300)
+    assert spaced.returncode == 0, spaced.stderr[-3000:]
+    assert (tmp_path / "space" / "app.py").read_text() == (ROOT / "spaces" / "app.py").read_text()
+    assert (tmp_path / "space" / "models" / "run" / "model.safetensors").is_file() and not (tmp_path / "space" / "genkit" / "space" / "app.py").exists()
