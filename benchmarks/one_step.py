@@ -6,11 +6,12 @@ sampler's times (`model.time_sampling: grid`), at 1, 2 and 4 network evaluations
     python benchmarks/one_step.py --work runs/one_step --data-dir ../shared/data/mnist           # score finished runs
 
 Training budgets are CPU seconds (process time, `--threads` threads; `max_train_cpu_seconds`), so every row costs the
-same total: flow runs `--budget` seconds; MeanFlow from scratch too; MeanFlow from flow, reflow and reflow + MeanFlow
-start from a flow run of `--base` seconds and spend the rest (the reflow rows: drawing the pairs, then training on them).
-Each cell is FD / class accuracy / pure-noise tiles (MNIST only) of `--n` samples (classes in turn, seed 1234) in genkit's classifier
-feature space (`genkit eval`'s offline space) against `--n` images of the reference split; the FD floor (reference vs
-other real images) is printed beside it.
+same total: flow runs `--budget` seconds; MeanFlow from scratch too; the other rows start from a flow run of `--base`
+seconds and spend the rest (the reflow rows: drawing 1,000 pairs, then training on them; reflow_distill's pairs are drawn
+with guidance `--distill-guidance`, as its config says, the other reflow rows' with the start run's own). `--source` and
+`--preset` change the data set and the UNet of every row. Each cell is FD / class accuracy / pure-noise tiles (MNIST
+only) of `--n` samples (classes in turn, seed 1234) in genkit's shipped feature space for the data set (`genkit eval`'s
+offline space) against `--n` images of the reference split; the FD floor (reference vs other real images) is printed.
 """
 
 from __future__ import annotations
@@ -58,7 +59,18 @@ def run_training(config: Path, run: Path, cpu: float, sets: list[str]) -> None:
     train(TrainConfig.load(str(config)).with_overrides(base + sets), overwrite=True)
 
 
-def train_all(work: Path, budget: float, base: float, data: list[str], pairs: int, rows: list[str], pairs_guidance: float | None = None) -> None:
+def draw_pairs(work: Path, folder: str, n: int, guidance: float | None) -> float:
+    """CPU seconds of drawing `n` pairs from flow_base into `work/folder` at `guidance` (None: its own); drawn once, the
+    seconds kept in `work/<folder>_cpu.json`."""
+    record = work / f"{folder}_cpu.json"
+    if not record.is_file():
+        started = time.process_time()
+        write_pairs(str(work / "flow_base"), work / folder, n, guidance_scale=guidance, progress=False)
+        record.write_text(json.dumps({"cpu_seconds": time.process_time() - started}))
+    return json.loads(record.read_text())["cpu_seconds"]
+
+
+def train_all(work: Path, budget: float, base: float, data: list[str], pairs: int, rows: list[str], distill_guidance: float) -> None:
     """The runs of `rows` (and the start run and pairs they share), each to its share of the budget."""
     if "flow" in rows:
         run_training(FLOW_CONFIG, work / "flow", budget, data)
@@ -69,29 +81,37 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
     run_training(FLOW_CONFIG, work / "flow_base", base, data)
     if "meanflow_from_flow" in rows:
         run_training(MF_CONFIG, work / "meanflow_from_flow", budget - base, [*data, f"init_from={work / 'flow_base'}"])
-    record = work / "pairs_cpu.json"
-    if not record.is_file():
-        started = time.process_time()
-        write_pairs(str(work / "flow_base"), work / "pairs", pairs, guidance_scale=pairs_guidance, progress=False)
-        record.write_text(json.dumps({"cpu_seconds": time.process_time() - started}))
-    left = budget - base - json.loads(record.read_text())["cpu_seconds"]
-    on_pairs = [f"data.source={work / 'pairs'}", "data.data_dir=null", f"init_from={work / 'flow_base'}"]
-    if "reflow" in rows:
-        run_training(FLOW_CONFIG, work / "reflow", left, [*on_pairs, "model.guidance_scale=1.0", "model.sample_steps=1", "learning_rate=5e-4",
-                                                          "warmup_steps=20", "ema_decay=0.99"])
-    if "reflow_distill" in rows:  # Liu et al.'s last stage: the same pairs, trained only where the 1- and 2-step Euler samplers evaluate
-        run_training(DISTILL_CONFIG, work / "reflow_distill", left, on_pairs)
-    if "reflow_meanflow" in rows:  # each image's own noise (a straighter path) under the average-velocity objective
-        run_training(MF_CONFIG, work / "reflow_meanflow", left, on_pairs)
+    model = [s for s in data if s.startswith("model.")]  # the preset: the pairs rows keep their start run's architecture
+
+    def on_pairs(folder: str) -> list[str]:
+        return [f"data.source={work / folder}", "data.data_dir=null", f"init_from={work / 'flow_base'}", *model]
+
+    if {"reflow", "reflow_meanflow"} & set(rows):  # pairs at the start run's own guidance
+        left = budget - base - draw_pairs(work, "pairs", pairs, None)
+        if "reflow" in rows:
+            run_training(FLOW_CONFIG, work / "reflow", left, [*on_pairs("pairs"), "model.guidance_scale=1.0", "model.sample_steps=1",
+                                                              "learning_rate=5e-4", "warmup_steps=20", "ema_decay=0.99"])
+        if "reflow_meanflow" in rows:  # each image's own noise (a straighter path) under the average-velocity objective
+            run_training(MF_CONFIG, work / "reflow_meanflow", left, on_pairs("pairs"))
+    if "reflow_distill" in rows:  # Liu et al.'s last stage: trained only where the 1- and 2-step Euler samplers evaluate
+        folder = f"pairs_g{distill_guidance:g}"
+        run_training(DISTILL_CONFIG, work / "reflow_distill", budget - base - draw_pairs(work, folder, pairs, distill_guidance), on_pairs(folder))
 
 
 def row_cpu(work: Path, rows: list[str]) -> dict[str, float]:
     """Total training CPU seconds of each finished row: its own, plus the start run's (meanflow_from_flow*) or the start
-    run's and the pairs' (reflow*)."""
+    run's and its pairs' (a row trained on a pairs folder)."""
     base = cpu_of(work / "flow_base") if (work / "flow_base" / "metrics.json").is_file() else float("nan")
-    pairs = json.loads((work / "pairs_cpu.json").read_text())["cpu_seconds"] if (work / "pairs_cpu.json").is_file() else float("nan")
-    shared = {row: base if row.startswith("meanflow_from_flow") else base + pairs if row.startswith("reflow") else 0 for row in rows}
-    return {row: cpu_of(work / row) + shared[row] for row in rows if (work / row / "metrics.json").is_file()}
+    total = {}
+    for row in rows:
+        if not (work / row / "metrics.json").is_file():
+            continue
+        source = TrainConfig.load(str(work / row / "training_config.json")).data.source
+        record = work / f"{Path(str(source)).name}_cpu.json"
+        pairs = json.loads(record.read_text())["cpu_seconds"] if record.is_file() else float("nan")
+        shared = base + pairs if is_pairs_folder(source) else base if row.startswith("meanflow_from_flow") else 0
+        total[row] = cpu_of(work / row) + shared
+    return total
 
 
 def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list[str]) -> None:
@@ -164,20 +184,22 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=600, help="training CPU seconds per row")
     parser.add_argument("--base", type=float, default=300, help="CPU seconds of the flow run that reflow and MeanFlow-from-flow start from")
     parser.add_argument("--pairs", type=int, default=1000, help="reflow pairs drawn from the base flow run")
-    parser.add_argument("--pairs-guidance", type=float, default=None, help="guidance scale of the pairs (default: the base run's)")
+    parser.add_argument("--distill-guidance", type=float, default=3.5,
+                        help="guidance of the pairs reflow_distill trains on (reflow and reflow_meanflow: the start run's own)")
     parser.add_argument("--n", type=int, default=1000, help="samples per cell")
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--source", default="mnist", help="data set of every row: mnist, fashion_mnist (Fashion-MNIST), ...")
     parser.add_argument("--data-dir", default=None, help="folder of the data set's IDX files (offline)")
+    parser.add_argument("--preset", default="tiny", help="UNet preset of every row (tiny, small, ...)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help="rows to train (--train) and score: any of the above, or a finished run folder in --work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = [f"data.source={args.source}"] + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    data = [f"data.source={args.source}", f"model.preset={args.preset}"] + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     if args.train:
-        train_all(work, args.budget, args.base, data, args.pairs, args.rows, args.pairs_guidance)
+        train_all(work, args.budget, args.base, data, args.pairs, args.rows, args.distill_guidance)
     score(work, row_cpu(work, args.rows), args.n, args.nfe, args.rows)
 
 
