@@ -163,10 +163,11 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
           f"reference split, FD in {getattr(space, 'network', 'genkit')}'s feature space (floor: real vs real {floor:.1f}); guidance: flow 1.5 "
           f"(CFG, both halves in one batch), reflow 1.0, MeanFlow trained in (omega 1.5), 1 evaluation per step. Each cell: "
           f"FD / class accuracy" + (f" / pure-noise tiles (share of mid-grey pixels over {NOISE_SHARE})" if data.source == "mnist" else "") + "\n")
-    print("| row | training CPU s | NFE 1 | NFE 2 | NFE 4 | NFE 8 | CPU s / 1k images at NFE 1 |")
-    print("|---|---|---|---|---|---|---|")
+    columns = [*nfes, 8]
+    print(f"| row | training CPU s | {' | '.join(f'NFE {k}' for k in columns)} | CPU s / 1k images at NFE 1 |")
+    print("|---" * (len(columns) + 3) + "|")
     for row in families:
-        cols = " | ".join(cells.get((row, k), "") for k in [*nfes, 8])
+        cols = " | ".join(cells.get((row, k), "") for k in columns)
         print(f"| {row} | {cpu.get(row, float('nan')):.0f} | {cols} | {speed[(row, 1)]:.1f} |")
     if ("flow", 8) in speed:
         print(f"\nflow at its default 8 steps: {speed[('flow', 8)]:.1f} CPU s / 1k images; "
