@@ -438,12 +438,15 @@ def _add_reflow_parser(sub: argparse._SubParsersAction) -> None:
 def _reflow_pairs(args: argparse.Namespace) -> int:
     if args.n < 1 or args.batch_size < 1 or (args.steps is not None and not 1 <= args.steps <= MAX_STEPS):
         raise ConfigError(f"--n and --batch-size must be >= 1 and --steps in 1..{MAX_STEPS}")
+    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
+        raise ConfigError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
     from .reflow import write_pairs
 
     info = write_pairs(args.run, args.out, args.n, args.seed, args.batch_size, args.steps, args.guidance_scale)
     print(json.dumps(info, indent=2))
-    print(f"genkit reflow-pairs: {args.n} pairs in {args.out}\nnext: genkit train --config <flow config> --set data.source={args.out} "
-          f"init_from={args.run} model.guidance_scale=1 model.sample_steps=1 output_dir=<new folder>", file=sys.stderr)
+    print(f"genkit reflow-pairs: {args.n} pairs in {args.out}\nnext, one-step distillation (training/configs/reflow_distill_mnist.yaml): "
+          f"genkit train --config <flow config> --set data.source={args.out} data.data_dir=null init_from={args.run} model.time_sampling=grid "
+          "model.guidance_scale=1 model.sample_steps=1 output_dir=<new folder>", file=sys.stderr)
     return 0
 
 

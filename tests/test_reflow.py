@@ -42,6 +42,8 @@ def test_pairs_are_the_runs_own_samples_of_their_noise(pairs):
     stored = torch.tensor(np.stack([np.asarray(im) for im in ds["image"][:3]]))[:, None].float() / 255
     assert (again - stored).abs().max() <= 1 / 255 + 1e-6
     assert main(["reflow-pairs", str(pairs / "flow"), "--n", "2", "--out", str(pairs / "pairs")]) == 2  # never overwrites
+    assert main(["reflow-pairs", str(pairs / "flow"), "--n", "2", "--guidance-scale", "nan", "--out", str(pairs / "nan")]) == 2
+    assert not (pairs / "nan").exists()
 
 
 def test_a_run_on_the_pairs_trains_towards_each_images_own_noise(pairs, tmp_path):
