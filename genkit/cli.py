@@ -436,10 +436,9 @@ def _add_reflow_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _reflow_pairs(args: argparse.Namespace) -> int:
-    if args.n < 1 or args.batch_size < 1 or (args.steps is not None and not 1 <= args.steps <= MAX_STEPS):
-        raise ConfigError(f"--n and --batch-size must be >= 1 and --steps in 1..{MAX_STEPS}")
-    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
-        raise ConfigError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
+    if args.n < 1 or args.batch_size < 1:
+        raise ConfigError("--n and --batch-size must be >= 1")
+    _generation_options(args)  # --steps and --guidance-scale: the checks every sampling command makes
     from .reflow import write_pairs
 
     info = write_pairs(args.run, args.out, args.n, args.seed, args.batch_size, args.steps, args.guidance_scale)
