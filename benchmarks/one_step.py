@@ -42,8 +42,8 @@ FLOW_CONFIG = REPO / "training" / "configs" / "diffusion_mnist_5min.yaml"
 MF_CONFIG = REPO / "training" / "configs" / "meanflow_mnist_5min.yaml"
 DISTILL_CONFIG = REPO / "training" / "configs" / "reflow_distill_mnist.yaml"
 ROWS = ("flow", "reflow", "meanflow_scratch", "meanflow_from_flow", "reflow_meanflow", "reflow_distill")
-# other rows are any run folder in --work: meanflow_from_flow* start from flow_base (its seconds count), reflow* from
-# flow_base and the pairs; flow_base itself is the start run
+# other rows are any run folder in --work: meanflow_from_flow* start from flow_base (its seconds count), a run on a pairs
+# folder from flow_base and those pairs; flow_base itself is the start run
 
 
 def cpu_of(run: Path) -> float:
@@ -59,10 +59,14 @@ def run_training(config: Path, run: Path, cpu: float, sets: list[str]) -> None:
     train(TrainConfig.load(str(config)).with_overrides(base + sets), overwrite=True)
 
 
+def pairs_record(pairs: Path) -> Path:
+    """Where the CPU seconds of drawing a pairs folder are kept: `<folder>_cpu.json` beside it."""
+    return pairs.with_name(f"{pairs.name}_cpu.json")
+
+
 def draw_pairs(work: Path, folder: str, n: int, guidance: float | None) -> float:
-    """CPU seconds of drawing `n` pairs from flow_base into `work/folder` at `guidance` (None: its own); drawn once, the
-    seconds kept in `work/<folder>_cpu.json`."""
-    record = work / f"{folder}_cpu.json"
+    """CPU seconds of drawing `n` pairs from flow_base into `work/folder` at `guidance` (None: its own); drawn once."""
+    record = pairs_record(work / folder)
     if not record.is_file():
         started = time.process_time()
         write_pairs(str(work / "flow_base"), work / folder, n, guidance_scale=guidance, progress=False)
@@ -107,9 +111,11 @@ def row_cpu(work: Path, rows: list[str]) -> dict[str, float]:
         if not (work / row / "metrics.json").is_file():
             continue
         source = TrainConfig.load(str(work / row / "training_config.json")).data.source
-        record = work / f"{Path(str(source)).name}_cpu.json"
-        pairs = json.loads(record.read_text())["cpu_seconds"] if record.is_file() else float("nan")
-        shared = base + pairs if is_pairs_folder(source) else base if row.startswith("meanflow_from_flow") else 0
+        if is_pairs_folder(source):
+            record = pairs_record(Path(str(source)))
+            shared = base + (json.loads(record.read_text())["cpu_seconds"] if record.is_file() else float("nan"))
+        else:
+            shared = base if row.startswith("meanflow_from_flow") else 0
         total[row] = cpu_of(work / row) + shared
     return total
 
@@ -125,6 +131,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
     if data is None:
         raise SystemExit(f"no finished run of {rows} (nor flow_base / flow) in {work}: train them first (--train)")
     data.data_dir = data.data_dir if data.data_dir and Path(data.data_dir).is_dir() else None
+    tiles = data.source == "mnist"  # mid-grey tiles are pure noise on MNIST's black background; Fashion-MNIST's cloth is mid-grey
     classifier = get_classifier(data, "cpu")
     space = feature_space("genkit", data)  # the shipped genkit-mnist-v1
     real, other = real_pair(data, n)
@@ -148,8 +155,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
                                   "noise": int((mid_grey_share(fake) > NOISE_SHARE).sum()), "cpu_per_1k": seconds, "load": os.getloadavg()[0]}
                 record.write_text(json.dumps(done, indent=1))
             got = done[str(nfe)]
-            # mid-grey tiles are pure noise on MNIST's black background, but Fashion-MNIST's cloth is mid-grey
-            noise = f" / {got['noise']}" if "noise" in got and data.source == "mnist" else ""
+            noise = f" / {got['noise']}" if "noise" in got and tiles else ""
             cells[(row, nfe)], speed[(row, nfe)] = f"{got['fd']:.1f} / {got['acc']:.3f}{noise}", got["cpu_per_1k"]
             fds[(row, nfe)] = got["fd"]
             loads.append(got["load"])
@@ -162,7 +168,7 @@ def score(work: Path, cpu: dict[str, float], n: int, nfes: list[int], rows: list
           f"{os.cpu_count()} CPUs; {n} samples per cell (classes in turn, sampling seed 1234) against {n} images of the "
           f"reference split, FD in {getattr(space, 'network', 'genkit')}'s feature space (floor: real vs real {floor:.1f}); guidance: flow 1.5 "
           f"(CFG, both halves in one batch), reflow 1.0, MeanFlow trained in (omega 1.5), 1 evaluation per step. Each cell: "
-          f"FD / class accuracy" + (f" / pure-noise tiles (share of mid-grey pixels over {NOISE_SHARE})" if data.source == "mnist" else "") + "\n")
+          f"FD / class accuracy" + (f" / pure-noise tiles (share of mid-grey pixels over {NOISE_SHARE})" if tiles else "") + "\n")
     columns = [*nfes, 8]
     print(f"| row | training CPU s | {' | '.join(f'NFE {k}' for k in columns)} | CPU s / 1k images at NFE 1 |")
     print("|---" * (len(columns) + 3) + "|")
