@@ -8,10 +8,11 @@ sampler's times (`model.time_sampling: grid`), at 1, 2 and 4 network evaluations
 Training budgets are CPU seconds (process time, `--threads` threads; `max_train_cpu_seconds`), so every row costs the
 same total: flow runs `--budget` seconds; MeanFlow from scratch too; the other rows start from a flow run of `--base`
 seconds and spend the rest (the reflow rows: drawing 1,000 pairs, then training on them; reflow_distill's pairs are drawn
-with guidance `--distill-guidance`, as its config says, the other reflow rows' with the start run's own). `--source` and
-`--preset` change the data set and the UNet of every row. Each cell is FD / class accuracy / pure-noise tiles (MNIST
-only) of `--n` samples (classes in turn, seed 1234) in genkit's shipped feature space for the data set (`genkit eval`'s
-offline space) against `--n` images of the reference split; the FD floor (reference vs other real images) is printed.
+with guidance `--distill-guidance`, as its config says, the other reflow rows' with the start run's own). `--source`,
+`--preset` and `--seed` change the data set, the UNet and the training seed of every row. Each cell is FD / class
+accuracy / pure-noise tiles (MNIST only) of `--n` samples (classes in turn, seed 1234) in genkit's shipped feature space
+for the data set (`genkit eval`'s offline space) against `--n` images of the reference split; the FD floor (reference vs
+other real images) is printed.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
     run_training(FLOW_CONFIG, work / "flow_base", base, data)
     if "meanflow_from_flow" in rows:
         run_training(MF_CONFIG, work / "meanflow_from_flow", budget - base, [*data, f"init_from={work / 'flow_base'}"])
-    model = [s for s in data if s.startswith("model.")]  # the preset: the pairs rows keep their start run's architecture
+    kept = [s for s in data if s.startswith(("model.", "seed="))]  # the pairs rows keep their start run's preset and seed
 
     def on_pairs(folder: str) -> list[str]:
-        return [f"data.source={work / folder}", "data.data_dir=null", f"init_from={work / 'flow_base'}", *model]
+        return [f"data.source={work / folder}", "data.data_dir=null", f"init_from={work / 'flow_base'}", *kept]
 
     if {"reflow", "reflow_meanflow"} & set(rows):  # pairs at the start run's own guidance
         left = budget - base - draw_pairs(work, "pairs", pairs, None)
@@ -198,13 +199,14 @@ def main() -> None:
     parser.add_argument("--source", default="mnist", help="data set of every row: mnist, fashion_mnist (Fashion-MNIST), ...")
     parser.add_argument("--data-dir", default=None, help="folder of the data set's IDX files (offline)")
     parser.add_argument("--preset", default="tiny", help="UNet preset of every row (tiny, small, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every run (sampling always uses seed 1234)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help="rows to train (--train) and score: any of the above, or a finished run folder in --work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = [f"data.source={args.source}", f"model.preset={args.preset}"] + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    data = [f"data.source={args.source}", f"model.preset={args.preset}", f"seed={args.seed}"] + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     if args.train:
         train_all(work, args.budget, args.base, data, args.pairs, args.rows, args.distill_guidance)
     score(work, row_cpu(work, args.rows), args.n, args.nfe, args.rows)
