@@ -86,7 +86,7 @@ def train_all(work: Path, budget: float, base: float, data: list[str], pairs: in
     run_training(FLOW_CONFIG, work / "flow_base", base, data)
     if "meanflow_from_flow" in rows:
         run_training(MF_CONFIG, work / "meanflow_from_flow", budget - base, [*data, f"init_from={work / 'flow_base'}"])
-    kept = [s for s in data if s.startswith(("model.", "seed="))]  # the pairs rows keep their start run's preset and seed
+    kept = [s for s in data if not s.startswith("data.")]  # the pairs rows keep every setting of their start run but its data
 
     def on_pairs(folder: str) -> list[str]:
         return [f"data.source={work / folder}", "data.data_dir=null", f"init_from={work / 'flow_base'}", *kept]
